@@ -1,0 +1,266 @@
+"""The one background writer that serves every session of the process.
+
+Sessions hand it :class:`~telethon_firestore_session._core.Changes`; it merges
+them per store (the newest value of a record wins), writes them from one daemon
+thread, retries failures with exponential backoff, and never raises into the
+caller. ``flush()`` waits, with a bound, until a store's changes are written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ._core import Changes, Store
+
+__all__ = ["BackgroundWriter", "WriterStats"]
+
+log = logging.getLogger("telethon_firestore_session.writer")
+
+
+class WriterStats:
+    """A snapshot of the writer's health, for ``health_check()`` and monitoring."""
+
+    __slots__ = ("failed_writes", "flushes", "last_error", "queue_depth", "written_records")
+
+    def __init__(
+        self, queue_depth: int, failed_writes: int, written_records: int, flushes: int, last_error: str | None
+    ) -> None:
+        self.queue_depth = queue_depth
+        self.failed_writes = failed_writes
+        self.written_records = written_records
+        self.flushes = flushes
+        self.last_error = last_error
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"WriterStats({self.as_dict()})"
+
+
+class BackgroundWriter:
+    """Writes sessions' changes behind, from a single daemon thread.
+
+    ``interval`` is how long the thread waits between periodic calls of
+    ``Store.periodic()`` (lease renewal); writes start as soon as they are submitted.
+    """
+
+    _instance: ClassVar[BackgroundWriter | None] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        *,
+        interval: float = 5.0,
+        min_backoff: float = 0.2,
+        max_backoff: float = 30.0,
+        name: str = "telethon-session-writer",
+    ) -> None:
+        self._interval = interval
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending: dict[Store, Changes] = {}
+        self._attempts: dict[Store, int] = {}
+        self._retry_at: dict[Store, float] = {}
+        self._in_flight: set[Store] = set()
+        self._periodic: dict[Store, None] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._stopping = False
+        self.failed_writes = 0
+        self.written_records = 0
+        self.flushes = 0
+        self.last_error: str | None = None
+
+    # -- the process-wide instance ------------------------------------------------------
+
+    @classmethod
+    def get(cls) -> BackgroundWriter:
+        """The process-wide writer (a new one after ``fork()``)."""
+        inst = cls._instance
+        if inst is not None and inst._pid == os.getpid():
+            return inst
+        with cls._instance_lock:
+            inst = cls._instance
+            if inst is None or inst._pid != os.getpid():
+                inst = cls()
+                cls._instance = inst
+            return inst
+
+    # -- API used by sessions -----------------------------------------------------------
+
+    def submit(self, store: Store, changes: Changes) -> None:
+        """Queue ``changes`` for ``store``. Never blocks on I/O, never raises."""
+        with self._cond:
+            current = self._pending.get(store)
+            if current is None:
+                self._pending[store] = changes
+            else:
+                current.merge(changes)
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def discard(self, store: Store) -> None:
+        """Drop whatever is queued for ``store`` (it is being deleted) and wait for an in-flight write."""
+        with self._cond:
+            self._pending.pop(store, None)
+            self._attempts.pop(store, None)
+            self._retry_at.pop(store, None)
+            self._periodic.pop(store, None)
+            deadline = time.monotonic() + 30.0
+            while store in self._in_flight and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+
+    def register_periodic(self, store: Store) -> None:
+        """Call ``store.periodic()`` about every ``interval`` seconds until unregistered."""
+        with self._cond:
+            self._periodic[store] = None
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def unregister_periodic(self, store: Store) -> None:
+        with self._cond:
+            self._periodic.pop(store, None)
+
+    def flush(self, store: Store | None = None, timeout: float = 10.0) -> bool:
+        """Wait until ``store``'s changes (or all, for ``None``) are written; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            # Anything waiting for a retry is due now: someone is waiting for it.
+            for s in list(self._retry_at) if store is None else [store]:
+                if s in self._retry_at:
+                    self._retry_at[s] = 0.0
+            self._cond.notify_all()
+            while True:
+                busy = (
+                    bool(self._pending or self._in_flight)
+                    if store is None
+                    else (store in self._pending or store in self._in_flight)
+                )
+                if not busy:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.1))
+
+    def pending_records(self, store: Store | None = None) -> int:
+        with self._cond:
+            if store is not None:
+                c = self._pending.get(store)
+                return len(c) if c is not None else 0
+            return sum(len(c) for c in self._pending.values())
+
+    def stats(self) -> WriterStats:
+        with self._cond:
+            depth = sum(len(c) for c in self._pending.values())
+            return WriterStats(depth, self.failed_writes, self.written_records, self.flushes, self.last_error)
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _next_ready(self) -> tuple[Store, Changes] | None:
+        now = time.monotonic()
+        for store in self._pending:
+            if store not in self._in_flight and self._retry_at.get(store, 0.0) <= now:
+                changes = self._pending.pop(store)
+                self._in_flight.add(store)
+                return store, changes
+        return None
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        times = [self._retry_at.get(s, 0.0) - now for s in self._pending if s not in self._in_flight]
+        times.append(self._interval)
+        return max(0.01, min(times))
+
+    def _run(self) -> None:
+        last_periodic = time.monotonic()
+        while True:
+            with self._cond:
+                job = self._next_ready()
+                while job is None:
+                    if self._stopping:
+                        return
+                    if time.monotonic() - last_periodic >= self._interval:
+                        break
+                    self._cond.wait(self._wait_time())
+                    job = self._next_ready()
+                periodic = list(self._periodic)
+            if job is not None:
+                self._write(*job)
+            if time.monotonic() - last_periodic >= self._interval:
+                last_periodic = time.monotonic()
+                for store in periodic:
+                    try:
+                        store.periodic()
+                    except Exception as exc:  # noqa: BLE001 - never let one store stop the thread
+                        log.warning("periodic task of %s failed: %s", store.where, type(exc).__name__)
+
+    def _write(self, store: Store, changes: Changes) -> None:
+        try:
+            store.write_changes(changes)
+        except Exception as exc:  # noqa: BLE001 - the writer never raises; it retries
+            with self._cond:
+                self.failed_writes += 1
+                self.last_error = f"{type(exc).__name__} writing {store.where}"
+                attempt = self._attempts.get(store, 0) + 1
+                self._attempts[store] = attempt
+                backoff = min(self._max_backoff, self._min_backoff * (2 ** (attempt - 1)))
+                self._retry_at[store] = time.monotonic() + backoff
+                newer = self._pending.get(store)
+                if newer is not None:
+                    changes.merge(newer)  # newer values win over the failed ones
+                self._pending[store] = changes
+                self._in_flight.discard(store)
+                self._cond.notify_all()
+            log.warning(
+                "writing %d records of %s failed (%s, attempt %d); retrying in %.1fs",
+                len(changes),
+                store.where,
+                type(exc).__name__,
+                attempt,
+                backoff,
+            )
+            return
+        with self._cond:
+            self.written_records += len(changes)
+            self.flushes += 1
+            self._attempts.pop(store, None)
+            self._retry_at.pop(store, None)
+            self._in_flight.discard(store)
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Flush everything (bounded by ``timeout``) and stop the thread."""
+        done = self.flush(None, timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+        return done
+
+
+def _flush_at_exit() -> None:
+    inst = BackgroundWriter._instance
+    if inst is not None and inst._pid == os.getpid() and inst.pending_records():
+        if not inst.flush(None, 10.0):
+            log.warning("exiting with %d session records not yet written", inst.pending_records())
+
+
+atexit.register(_flush_at_exit)

@@ -1,0 +1,126 @@
+"""Errors raised by telethon-firestore-session.
+
+Every error derives from :class:`SessionError`, so one ``except`` clause
+catches them all::
+
+    SessionError
+    ├── ConfigError               (also a ValueError) bad or missing configuration
+    ├── InvalidSessionIdError     (also a ValueError) a bot_id/user_id that could escape its place
+    ├── SessionInUseError         another process or instance holds the session
+    ├── SessionClosedError        the session was closed or deleted
+    ├── SessionDecryptionError    a sealed value could not be opened
+    └── SessionStoreError         the backing store failed or holds something unusable
+        ├── SchemaVersionError    written by a newer version of this library
+        └── SessionCorruptError   the stored record has the wrong shape
+
+Messages name the session and the field involved, never a key or an auth key.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+__all__ = [
+    "ConfigError",
+    "InvalidSessionIdError",
+    "SchemaVersionError",
+    "SessionClosedError",
+    "SessionCorruptError",
+    "SessionDecryptionError",
+    "SessionError",
+    "SessionInUseError",
+    "SessionStoreError",
+]
+
+
+class SessionError(Exception):
+    """Base class of every error raised by this library."""
+
+
+class ConfigError(SessionError, ValueError):
+    """A configuration value is missing or invalid.
+
+    ``variable`` names the setting (usually an environment variable).
+    """
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class InvalidSessionIdError(SessionError, ValueError):
+    """A ``bot_id`` or ``user_id`` is empty, too long or could escape its path."""
+
+
+class SessionStoreError(SessionError):
+    """The backing store (Firestore or the SQLite file) failed.
+
+    The original exception is chained as ``__cause__``.
+    """
+
+
+class SchemaVersionError(SessionStoreError):
+    """The stored session was written by a newer schema than this library knows.
+
+    The stored data is left untouched; upgrade telethon-firestore-session.
+    """
+
+    def __init__(self, where: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"{where} has schema_version {found}, but this version of "
+            f"telethon-firestore-session supports up to {supported}; upgrade the "
+            "package. The stored session was not modified."
+        )
+        self.where = where
+        self.found = found
+        self.supported = supported
+
+
+class SessionCorruptError(SessionStoreError):
+    """The stored session does not have the expected shape.
+
+    The stored data is left untouched so that it can be inspected or repaired.
+    """
+
+
+class SessionInUseError(SessionError):
+    """Another process or instance is using this session.
+
+    ``holder`` identifies who holds it and ``expires_at`` when its lease runs
+    out (``None`` for a local file lock, which is held until that process ends).
+    """
+
+    def __init__(
+        self,
+        where: str,
+        holder: str | None = None,
+        expires_at: datetime.datetime | None = None,
+    ) -> None:
+        msg = f"session {where} is in use"
+        if holder:
+            msg += f" by {holder}"
+        if expires_at is not None:
+            msg += f" until {expires_at.isoformat()}"
+        super().__init__(msg)
+        self.where = where
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+class SessionClosedError(SessionError):
+    """The session was closed or deleted and cannot be used any more."""
+
+
+class SessionDecryptionError(SessionError):
+    """A sealed value could not be opened.
+
+    Raised for a wrong or missing key, a tampered value, or a value copied
+    from another session. ``where`` names the session and ``field`` the value;
+    the key is never part of the message. The stored data is left untouched.
+    """
+
+    def __init__(self, where: str, field: str, reason: str) -> None:
+        super().__init__(f"cannot open field {field!r} of session {where}: {reason}")
+        self.where = where
+        self.field = field
+        self.reason = reason

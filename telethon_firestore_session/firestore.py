@@ -1,0 +1,371 @@
+"""``FirestoreSession``: a Telethon session stored in Google Cloud Firestore.
+
+Layout (see DESIGN.md)::
+
+    bots/{bot_id}/user_sessions/{user_id}                session document
+    bots/{bot_id}/user_sessions/{user_id}/entities/{id}   one per cached entity (marked id)
+    bots/{bot_id}/user_sessions/{user_id}/sent_files/{k}  one per cached upload
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from telethon.tl import types
+
+from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
+from ._ids import SessionKey
+from .errors import ConfigError, SchemaVersionError, SessionCorruptError, SessionStoreError
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+
+__all__ = ["SCHEMA_VERSION", "FirestoreSession", "FirestoreStore", "make_client", "session_document"]
+
+log = logging.getLogger("telethon_firestore_session.firestore")
+
+#: Version of the document layout written by this library.
+SCHEMA_VERSION = 1
+
+#: Firestore accepts at most 500 writes in one commit; the emulator does not check.
+MAX_WRITES_PER_COMMIT = 500
+
+ENTITIES = "entities"
+SENT_FILES = "sent_files"
+
+
+def make_client(project: str | None = None, credentials: Any = None) -> firestore.Client:
+    """Build a Firestore client the standard way.
+
+    The project comes from ``project`` or ``GOOGLE_CLOUD_PROJECT``; credentials
+    from ``credentials`` or Application Default Credentials. With
+    ``FIRESTORE_EMULATOR_HOST`` set, no credentials are needed.
+    """
+    from google.cloud import firestore
+
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
+    try:
+        return firestore.Client(project=project, credentials=credentials)
+    except Exception as exc:
+        raise ConfigError(
+            "GOOGLE_CLOUD_PROJECT",
+            "cannot create a Firestore client "
+            f"({type(exc).__name__}); set the project (project= or GOOGLE_CLOUD_PROJECT) and "
+            "Application Default Credentials, or FIRESTORE_EMULATOR_HOST for the emulator",
+        ) from exc
+
+
+def session_document(client: firestore.Client, key: SessionKey) -> firestore.DocumentReference:
+    """The session document of ``key``: ``bots/{bot_id}/user_sessions/{user_id}``."""
+    return client.collection("bots").document(key.bot_id).collection("user_sessions").document(key.user_id)
+
+
+def _file_doc_id(key: FileKey) -> str:
+    return f"{key[0].hex()}-{key[1]}-{key[2]}"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _check(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise SessionCorruptError(f"{where}: {what}; the document was not modified")
+
+
+def _opt(value: object, kind: type | tuple[type, ...]) -> bool:
+    return value is None or (isinstance(value, kind) and not isinstance(value, bool))
+
+
+def parse_session_document(data: dict[str, Any], where: str) -> StoredSession:
+    """Validate a session document and turn it into a :class:`StoredSession`."""
+    version = data.get("schema_version")
+    if version is None and "session_data" in data:
+        raise SessionCorruptError(
+            f"{where} is in the original system's base64 session_data format; import it with "
+            "`telethon-firestore-session import` first. The document was not modified."
+        )
+    _check(isinstance(version, int) and not isinstance(version, bool), where, "schema_version is missing")
+    assert isinstance(version, int)
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(where, version, SCHEMA_VERSION)
+    _check(version >= 1, where, f"schema_version {version} is invalid")
+    dc_id = data.get("dc_id", 0)
+    _check(isinstance(dc_id, int) and not isinstance(dc_id, bool), where, "dc_id must be an integer")
+    server = data.get("server_address")
+    _check(_opt(server, str), where, "server_address must be a string")
+    port = data.get("port")
+    _check(_opt(port, int), where, "port must be an integer")
+    auth_key = data.get("auth_key")
+    _check(_opt(auth_key, bytes), where, "auth_key must be bytes")
+    takeout = data.get("takeout_id")
+    _check(_opt(takeout, int), where, "takeout_id must be an integer")
+    raw_states = data.get("update_states") or {}
+    _check(isinstance(raw_states, dict), where, "update_states must be a map")
+    states: dict[int, types.updates.State] = {}
+    for k, v in raw_states.items():
+        try:
+            sid = int(k)
+            pts, qts, date, seq = (int(v["pts"]), int(v["qts"]), int(v["date"]), int(v["seq"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SessionCorruptError(f"{where}: update state {k!r} is malformed; the document was not modified") from exc
+        states[sid] = types.updates.State(
+            pts, qts, datetime.datetime.fromtimestamp(date, tz=datetime.timezone.utc), seq, unread_count=0
+        )
+    header = SessionHeader(dc_id, server, port, auth_key or None, takeout)
+    return StoredSession(header=header, update_states=states)
+
+
+def _state_value(state: types.updates.State) -> dict[str, int]:
+    return {"pts": state.pts, "qts": state.qts, "date": int(state.date.timestamp()), "seq": state.seq}
+
+
+def _entity_from_doc(doc_id: str, data: dict[str, Any] | None) -> EntityRow | None:
+    if data is None:
+        return None
+    try:
+        return EntityRow(
+            int(doc_id),
+            int(data["hash"]),
+            data.get("username"),
+            data.get("phone"),
+            data.get("name"),
+            int(data.get("date") or 0),
+        )
+    except (KeyError, TypeError, ValueError):
+        log.warning("ignoring malformed entity document %s", doc_id)
+        return None
+
+
+class FirestoreStore(Store):
+    """Loads and persists one session under ``bots/{bot_id}/user_sessions/{user_id}``."""
+
+    def __init__(
+        self,
+        key: SessionKey,
+        client: firestore.Client,
+        *,
+        rpc_timeout: float = 10.0,
+        lookup_timeout: float = 2.0,
+    ) -> None:
+        from google.api_core import retry as retries
+
+        self.key = key
+        self.client = client
+        self.doc = session_document(client, key)
+        self.where = f"firestore:{self.doc.path}"
+        self._rpc_timeout = rpc_timeout
+        self._lookup_timeout = lookup_timeout
+        self._retry = retries.Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=rpc_timeout)
+        self._lookup_retry = retries.Retry(initial=0.05, maximum=0.5, multiplier=2.0, timeout=lookup_timeout)
+        self._exists = False
+        #: Number of Firestore commits and document writes made by ``write_changes``.
+        self.commits = 0
+        self.writes = 0
+
+    # -- reading ------------------------------------------------------------------------
+
+    def load(self) -> StoredSession | None:
+        try:
+            snap = self.doc.get(retry=self._retry, timeout=self._rpc_timeout)
+        except Exception as exc:
+            raise SessionStoreError(f"cannot read {self.where}: {type(exc).__name__}: {exc}") from exc
+        if not snap.exists:
+            return None
+        self._exists = True
+        return parse_session_document(snap.to_dict() or {}, self.where)
+
+    def find_entity_by_ids(self, ids: Sequence[int]) -> EntityRow | None:
+        col = self.doc.collection(ENTITIES)
+        refs = [col.document(str(i)) for i in ids]
+        found: dict[int, EntityRow] = {}
+        for snap in self.client.get_all(refs, retry=self._lookup_retry, timeout=self._lookup_timeout):
+            if snap.exists:
+                row = _entity_from_doc(snap.id, snap.to_dict())
+                if row is not None:
+                    found[row.id] = row
+        for i in ids:
+            if i in found:
+                return found[i]
+        return None
+
+    def find_entity(self, field: str, value: str) -> EntityRow | None:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self.doc.collection(ENTITIES).where(filter=FieldFilter(field, "==", value)).limit(10)
+        rows = [
+            row
+            for snap in query.get(retry=self._lookup_retry, timeout=self._lookup_timeout)
+            if (row := _entity_from_doc(snap.id, snap.to_dict())) is not None
+        ]
+        if not rows:
+            return None
+        return max(rows, key=lambda r: r.date)
+
+    def find_file(self, key: FileKey) -> tuple[int, int] | None:
+        snap = self.doc.collection(SENT_FILES).document(_file_doc_id(key)).get(
+            retry=self._lookup_retry, timeout=self._lookup_timeout
+        )
+        if not snap.exists:
+            return None
+        data = snap.to_dict() or {}
+        try:
+            return int(data["id"]), int(data["hash"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _header_fields(self, header: SessionHeader) -> dict[str, Any]:
+        now = _now()
+        fields: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "dc_id": header.dc_id,
+            "server_address": header.server_address,
+            "port": header.port,
+            "auth_key": header.auth_key,
+            "takeout_id": header.takeout_id,
+            "updated_at": now,
+            "last_active_at": now,
+        }
+        if not self._exists:
+            fields["created_at"] = now
+        return fields
+
+    def write_session(self, header: SessionHeader) -> None:
+        try:
+            self.doc.set(self._header_fields(header), merge=True, retry=self._retry, timeout=self._rpc_timeout)
+        except Exception as exc:
+            raise SessionStoreError(f"cannot write {self.where}: {type(exc).__name__}: {exc}") from exc
+        self._exists = True
+
+    def _operations(self, changes: Changes) -> Iterator[tuple[Any, dict[str, Any]]]:
+        now = _now()
+        session: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "updated_at": now, "last_active_at": now}
+        if changes.states:
+            session["update_states"] = {str(k): _state_value(v) for k, v in changes.states.items()}
+        if not self._exists:
+            session["created_at"] = now
+        yield self.doc, session
+        entities = self.doc.collection(ENTITIES)
+        for row in changes.entities.values():
+            yield entities.document(str(row.id)), {
+                "hash": row.hash,
+                "username": row.username,
+                "phone": row.phone,
+                "name": row.name,
+                "date": row.date,
+            }
+        files = self.doc.collection(SENT_FILES)
+        for key, (fid, fhash) in changes.files.items():
+            yield files.document(_file_doc_id(key)), {
+                "md5": key[0],
+                "size": key[1],
+                "type": key[2],
+                "id": fid,
+                "hash": fhash,
+            }
+
+    def write_changes(self, changes: Changes) -> None:
+        batch = self.client.batch()
+        count = 0
+        for ref, data in self._operations(changes):
+            # The session document is merged; entity and file documents are replaced whole.
+            batch.set(ref, data, merge=ref is self.doc)
+            count += 1
+            if count == MAX_WRITES_PER_COMMIT:
+                self._commit(batch, count)
+                batch, count = self.client.batch(), 0
+        if count:
+            self._commit(batch, count)
+        self._exists = True
+
+    def _commit(self, batch: Any, count: int) -> None:
+        batch.commit(retry=self._retry, timeout=self._rpc_timeout)
+        self.commits += 1
+        self.writes += count
+
+    def delete(self) -> None:
+        try:
+            for name in (ENTITIES, SENT_FILES):
+                self._delete_collection(self.doc.collection(name))
+            self.doc.delete(retry=self._retry, timeout=self._rpc_timeout)
+        except Exception as exc:
+            raise SessionStoreError(f"cannot delete {self.where}: {type(exc).__name__}: {exc}") from exc
+        self._exists = False
+
+    def _delete_collection(self, col: Any) -> None:
+        while True:
+            snaps = col.limit(MAX_WRITES_PER_COMMIT).select([]).get(retry=self._retry, timeout=self._rpc_timeout)
+            if not snaps:
+                return
+            batch = self.client.batch()
+            for snap in snaps:
+                batch.delete(snap.reference)
+            batch.commit(retry=self._retry, timeout=self._rpc_timeout)
+
+
+class FirestoreSession(SessionCore):
+    """A Telethon session stored in Firestore under ``bots/{bot_id}/user_sessions/{user_id}``.
+
+    Pass it to ``TelegramClient(session=FirestoreSession(user_id, bot_id=...), ...)``.
+
+    Durability:
+
+    * The session document is read once, when the object is created, so the
+      client starts with the stored auth key and DC.
+    * ``save()`` returns after a changed auth key, DC or takeout id is stored.
+    * Entities, update states and sent files are written behind by one
+      process-wide background writer, within ``flush_interval`` seconds of the
+      change (batched, at most 500 writes per commit, retried with backoff).
+    * ``close()`` flushes, waiting at most ``close_timeout`` seconds.
+    * Entities not in memory are looked up lazily (one point read or one query,
+      bounded by ``lookup_timeout``); the answer is cached, misses included.
+
+    :param user_id: the user whose session this is (str or int).
+    :param bot_id: the bot (or application) the user belongs to.
+    :param client: an existing ``google.cloud.firestore.Client`` (e.g. from ``firebase_admin``).
+    :param project: the Google Cloud project, when no ``client`` is given
+        (default: ``GOOGLE_CLOUD_PROJECT``).
+    :raises InvalidSessionIdError: for a ``user_id``/``bot_id`` that could escape its place.
+    :raises SchemaVersionError: if the document was written by a newer version.
+    :raises SessionCorruptError: if the document has the wrong shape.
+    :raises SessionStoreError: if Firestore cannot be read.
+    """
+
+    def __init__(
+        self,
+        user_id: str | int,
+        *,
+        bot_id: str,
+        client: firestore.Client | None = None,
+        project: str | None = None,
+        flush_interval: float = 5.0,
+        close_timeout: float = 10.0,
+        rpc_timeout: float = 10.0,
+        lookup_timeout: float = 2.0,
+    ) -> None:
+        key = SessionKey(bot_id, user_id)
+        if client is None:
+            client = make_client(project)
+        self.key = key
+        store = FirestoreStore(key, client, rpc_timeout=rpc_timeout, lookup_timeout=lookup_timeout)
+        self._firestore = store
+        super().__init__(store, flush_interval=flush_interval, close_timeout=close_timeout)
+
+    @property
+    def user_id(self) -> str:
+        return self.key.user_id
+
+    @property
+    def bot_id(self) -> str:
+        return self.key.bot_id
+
+    @property
+    def document(self) -> firestore.DocumentReference:
+        """The session document."""
+        return self._firestore.doc

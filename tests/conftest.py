@@ -1,0 +1,68 @@
+"""Shared fixtures: the real Firestore emulator, and per-test ids.
+
+``emulator`` (session scope) starts the emulator jar on a free loopback port,
+or uses the one in ``FIRESTORE_EMULATOR_HOST``. ``firestore_client`` resets the
+emulator's data before each test. Without the emulator those tests skip with
+an install hint; under ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.emulator import INSTALL_HINT, Emulator, find_jar
+
+PROJECT = "demo-telethon-firestore-session"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    host = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    if host:
+        emu = Emulator(host)
+        if not emu.ready():
+            pytest.fail(f"FIRESTORE_EMULATOR_HOST={host} is set but no emulator answers there")
+        os.environ.setdefault("GOOGLE_CLOUD_PROJECT", PROJECT)
+        yield emu
+        return
+    jar = find_jar()
+    if jar is None:
+        if _in_ci():
+            pytest.fail(f"CI=true and {INSTALL_HINT}")
+        pytest.skip(INSTALL_HINT)
+    emu = Emulator.start(jar)
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
+    os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+    try:
+        yield emu
+    finally:
+        emu.stop()
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+
+
+@pytest.fixture
+def firestore_client(emulator: Emulator) -> Iterator[Any]:
+    """A Firestore client on a freshly reset emulator."""
+    from google.cloud import firestore
+
+    project = os.environ["GOOGLE_CLOUD_PROJECT"]
+    emulator.reset(project)
+    client = firestore.Client(project=project)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def bot_id() -> str:
+    return f"bot-{uuid.uuid4().hex[:10]}"
