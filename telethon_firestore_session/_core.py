@@ -16,10 +16,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
-import datetime
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from telethon import utils
@@ -30,7 +29,7 @@ from telethon.tl.tlobject import TLObject
 
 from ._writer import BackgroundWriter
 
-__all__ = ["Changes", "EntityRow", "FileKey", "SessionCore", "SessionHeader", "StoredSession", "Store"]
+__all__ = ["Changes", "EntityRow", "FileKey", "SessionCore", "SessionHeader", "Store", "StoredSession"]
 
 log = logging.getLogger("telethon_firestore_session")
 
@@ -129,6 +128,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
         """Return ``(id, access_hash)`` of a cached sent file."""
+
+    @abc.abstractmethod
+    def iter_entities(self) -> Iterator[EntityRow]:
+        """Every stored entity (for export and migration; not used on the hot path)."""
+
+    @abc.abstractmethod
+    def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
+        """Every stored sent file as ``(key, (id, access_hash))``."""
 
     @abc.abstractmethod
     def delete(self) -> None:
@@ -246,7 +253,7 @@ def _file_type(cls: Any) -> int:
 _MISS = object()
 
 
-class SessionCore(Session):
+class SessionCore(Session):  # type: ignore[misc]
     """An in-memory Telethon session with O(1) lookups, optionally bound to a store.
 
     Without a store it behaves like Telethon's ``MemorySession`` (minus its
@@ -313,7 +320,9 @@ class SessionCore(Session):
     def __repr__(self) -> str:
         where = self._store.where if self._store is not None else "memory"
         key = "set" if self._auth_key is not None and self._auth_key.key else "none"
-        return f"<{type(self).__name__} {where} dc_id={self._dc_id} auth_key={key} entities_cached={len(self._entities)}>"
+        return (
+            f"<{type(self).__name__} {where} dc_id={self._dc_id} auth_key={key} entities_cached={len(self._entities)}>"
+        )
 
     # -- header ---------------------------------------------------------------------
 
@@ -327,11 +336,11 @@ class SessionCore(Session):
         return self._dc_id
 
     @property
-    def server_address(self) -> str | None:  # type: ignore[override]
+    def server_address(self) -> str | None:
         return self._server_address
 
     @property
-    def port(self) -> int | None:  # type: ignore[override]
+    def port(self) -> int | None:
         return self._port
 
     @property
@@ -440,9 +449,8 @@ class SessionCore(Session):
         values = self._entities.get(eid)
         if values is None:
             return
-        lst = list(values)
-        lst[index] = None
-        self._entities[eid] = (lst[0], lst[1], lst[2], lst[3])
+        h, username, phone, name = values
+        self._entities[eid] = (h, None, phone, name) if index == 1 else (h, username, None, name)
         self._dirty_entities.add(eid)
 
     def _lookup(self, field: str, value: str) -> tuple[int, _Values] | None:
@@ -455,8 +463,7 @@ class SessionCore(Session):
             eid = next(reversed(owners)) if owners else None
         if eid is not None:
             return eid, self._entities[eid]
-        row = self._load(("f", field, value), lambda s: s.find_entity(field, value))
-        return row
+        return self._load(("f", field, value), lambda s: s.find_entity(field, value))
 
     def _lookup_ids(self, ids: Sequence[int]) -> tuple[int, _Values] | None:
         entities = self._entities
@@ -648,9 +655,7 @@ class SessionCore(Session):
         if store is None or self._deleted:
             return
         if not self.flush():
-            log.warning(
-                "closing %s before the background writer stored everything; it keeps retrying", store.where
-            )
+            log.warning("closing %s before the background writer stored everything; it keeps retrying", store.where)
         store.close()
 
     def delete(self) -> bool:
@@ -682,7 +687,41 @@ class SessionCore(Session):
         cloned.save_entities = self.save_entities
         return cloned
 
-    # -- helpers for subclasses and tools ------------------------------------------------
+    # -- whole-session access, for export and migration -----------------------------------
 
-    def _state_dates(self) -> dict[int, datetime.datetime]:
-        return {k: v.date for k, v in self._states.items()}
+    def iter_entities(self) -> Iterator[EntityRow]:
+        """Every entity of the session: the stored ones, overlaid with what is in memory."""
+        now = int(time.time())
+        seen: set[int] = set()
+        for eid, values in self._entities.items():
+            seen.add(eid)
+            yield EntityRow(eid, *values, now)
+        if self._store is not None and not self._deleted:
+            for row in self._store.iter_entities():
+                if row.id not in seen:
+                    yield row
+
+    def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
+        """Every cached sent file as ``(key, (id, access_hash))``."""
+        seen = set(self._files)
+        yield from self._files.items()
+        if self._store is not None and not self._deleted:
+            for key, value in self._store.iter_files():
+                if key not in seen:
+                    yield key, value
+
+    def put_entity_rows(self, rows: Iterable[EntityRow]) -> None:
+        """Add entity rows as they are (migration); they are written behind like any change."""
+        for row in rows:
+            values: _Values = (row.hash, row.username, row.phone, row.name)
+            old = self._entities.get(row.id)
+            if old != values:
+                self._put(row.id, values, old)
+        self._schedule_flush()
+
+    def put_file(self, key: FileKey, value: tuple[int, int]) -> None:
+        """Add a sent-file record as it is (migration)."""
+        if self._files.get(key) != value:
+            self._files[key] = value
+            self._dirty_files.add(key)
+            self._schedule_flush()

@@ -258,9 +258,8 @@ class BackgroundWriter:
 
 def _flush_at_exit() -> None:
     inst = BackgroundWriter._instance
-    if inst is not None and inst._pid == os.getpid() and inst.pending_records():
-        if not inst.flush(None, 10.0):
-            log.warning("exiting with %d session records not yet written", inst.pending_records())
+    if inst is not None and inst._pid == os.getpid() and inst.pending_records() and not inst.flush(None, 10.0):
+        log.warning("exiting with %d session records not yet written", inst.pending_records())
 
 
 atexit.register(_flush_at_exit)

@@ -61,7 +61,10 @@ def make_client(project: str | None = None, credentials: Any = None) -> firestor
 
 def session_document(client: firestore.Client, key: SessionKey) -> firestore.DocumentReference:
     """The session document of ``key``: ``bots/{bot_id}/user_sessions/{user_id}``."""
-    return client.collection("bots").document(key.bot_id).collection("user_sessions").document(key.user_id)
+    doc: firestore.DocumentReference = (
+        client.collection("bots").document(key.bot_id).collection("user_sessions").document(key.user_id)
+    )
+    return doc
 
 
 def _file_doc_id(key: FileKey) -> str:
@@ -112,7 +115,9 @@ def parse_session_document(data: dict[str, Any], where: str) -> StoredSession:
             sid = int(k)
             pts, qts, date, seq = (int(v["pts"]), int(v["qts"]), int(v["date"]), int(v["seq"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise SessionCorruptError(f"{where}: update state {k!r} is malformed; the document was not modified") from exc
+            raise SessionCorruptError(
+                f"{where}: update state {k!r} is malformed; the document was not modified"
+            ) from exc
         states[sid] = types.updates.State(
             pts, qts, datetime.datetime.fromtimestamp(date, tz=datetime.timezone.utc), seq, unread_count=0
         )
@@ -207,8 +212,10 @@ class FirestoreStore(Store):
         return max(rows, key=lambda r: r.date)
 
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
-        snap = self.doc.collection(SENT_FILES).document(_file_doc_id(key)).get(
-            retry=self._lookup_retry, timeout=self._lookup_timeout
+        snap = (
+            self.doc.collection(SENT_FILES)
+            .document(_file_doc_id(key))
+            .get(retry=self._lookup_retry, timeout=self._lookup_timeout)
         )
         if not snap.exists:
             return None
@@ -253,22 +260,28 @@ class FirestoreStore(Store):
         yield self.doc, session
         entities = self.doc.collection(ENTITIES)
         for row in changes.entities.values():
-            yield entities.document(str(row.id)), {
-                "hash": row.hash,
-                "username": row.username,
-                "phone": row.phone,
-                "name": row.name,
-                "date": row.date,
-            }
+            yield (
+                entities.document(str(row.id)),
+                {
+                    "hash": row.hash,
+                    "username": row.username,
+                    "phone": row.phone,
+                    "name": row.name,
+                    "date": row.date,
+                },
+            )
         files = self.doc.collection(SENT_FILES)
         for key, (fid, fhash) in changes.files.items():
-            yield files.document(_file_doc_id(key)), {
-                "md5": key[0],
-                "size": key[1],
-                "type": key[2],
-                "id": fid,
-                "hash": fhash,
-            }
+            yield (
+                files.document(_file_doc_id(key)),
+                {
+                    "md5": key[0],
+                    "size": key[1],
+                    "type": key[2],
+                    "id": fid,
+                    "hash": fhash,
+                },
+            )
 
     def write_changes(self, changes: Changes) -> None:
         batch = self.client.batch()
@@ -288,6 +301,21 @@ class FirestoreStore(Store):
         batch.commit(retry=self._retry, timeout=self._rpc_timeout)
         self.commits += 1
         self.writes += count
+
+    def iter_entities(self) -> Iterator[EntityRow]:
+        for snap in self.doc.collection(ENTITIES).stream(retry=self._retry, timeout=self._rpc_timeout):
+            row = _entity_from_doc(snap.id, snap.to_dict())
+            if row is not None:
+                yield row
+
+    def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
+        for snap in self.doc.collection(SENT_FILES).stream(retry=self._retry, timeout=self._rpc_timeout):
+            data = snap.to_dict() or {}
+            try:
+                key: FileKey = (bytes(data["md5"]), int(data["size"]), int(data["type"]))
+                yield key, (int(data["id"]), int(data["hash"]))
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignoring malformed sent-file document %s", snap.id)
 
     def delete(self) -> None:
         try:
