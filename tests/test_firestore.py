@@ -1,0 +1,378 @@
+"""What is specific to FirestoreSession: layout, schema checks, write-through and
+write-behind, the 500-writes limit, deletion, and behaviour when Firestore
+stops answering (the real emulator, paused with SIGSTOP)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from telethon.crypto import AuthKey
+from telethon.tl import types
+
+from telethon_firestore_session import (
+    BackgroundWriter,
+    FirestoreSession,
+    InvalidSessionIdError,
+    SchemaVersionError,
+    SessionCorruptError,
+    SessionStoreError,
+)
+from telethon_firestore_session.firestore import SCHEMA_VERSION, MAX_WRITES_PER_COMMIT
+from tests.emulator import Emulator
+
+KEY = bytes(range(256))
+UTC = datetime.timezone.utc
+
+
+def user(uid: int, **kw: Any) -> types.User:
+    kw.setdefault("access_hash", uid * 7)
+    return types.User(uid, **kw)
+
+
+def users(n: int, start: int = 1000) -> types.contacts.ResolvedPeer:
+    return types.contacts.ResolvedPeer(
+        types.PeerUser(start), [], [user(start + i, username=f"u{start + i}", first_name="N") for i in range(n)]
+    )
+
+
+def raw(doc: Any) -> tuple[dict[str, Any] | None, Any]:
+    snap = doc.get()
+    return (snap.to_dict() if snap.exists else None), (snap.update_time if snap.exists else None)
+
+
+@pytest.fixture
+def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
+    """The emulator, paused for the test body where it calls ``emulator.pause()``; always resumed."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    try:
+        yield emulator
+    finally:
+        emulator.resume()
+
+
+def open_session(client: Any, bot_id: str, uid: object = "42", **kw: Any) -> FirestoreSession:
+    return FirestoreSession(uid, bot_id=bot_id, client=client, **kw)  # type: ignore[arg-type]
+
+
+def test_layout_and_write_through(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    assert s.auth_key is None and s.dc_id == 0
+    s.set_dc(2, "149.154.167.51", 443)
+    s.auth_key = AuthKey(KEY)
+    s.takeout_id = 99
+    s.save()
+    # Durable when save() returns: another client reads it without any flush.
+    data, _ = raw(firestore_client.document(f"bots/{bot_id}/user_sessions/42"))
+    assert data is not None
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert (data["dc_id"], data["server_address"], data["port"], data["takeout_id"]) == (2, "149.154.167.51", 443, 99)
+    assert data["auth_key"] == KEY
+    assert isinstance(data["created_at"], datetime.datetime)
+    assert isinstance(data["last_active_at"], datetime.datetime)
+    s.close()
+
+    again = open_session(firestore_client, bot_id)
+    assert again.auth_key is not None and again.auth_key.key == KEY
+    assert (again.dc_id, again.server_address, again.port, again.takeout_id) == (2, "149.154.167.51", 443, 99)
+
+
+def test_dc_switch_clears_auth_key(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.set_dc(2, "1.2.3.4", 443)
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    # What TelegramClient._switch_dc does: mutates the AuthKey object, then clears it.
+    assert s.auth_key is not None
+    s.auth_key.key = None
+    s.set_dc(4, "5.6.7.8", 443)
+    s.auth_key = None
+    s.save()
+    again = open_session(firestore_client, bot_id)
+    assert again.auth_key is None
+    assert again.dc_id == 4
+
+
+def test_entities_and_states_are_written_behind(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.process_entities(users(3))
+    s.set_update_state(0, types.updates.State(10, 20, datetime.datetime(2025, 1, 2, tzinfo=UTC), 30, 0))
+    s.set_update_state(777, types.updates.State(5, 0, datetime.datetime(2025, 1, 2, tzinfo=UTC), 0, 0))
+    s.cache_file(b"\x01" * 16, 1234, types.InputDocument(55, 66, b"ref"))
+    assert s.flush(10)
+    base = firestore_client.document(f"bots/{bot_id}/user_sessions/42")
+    entity = base.collection("entities").document("1001").get().to_dict()
+    assert entity["hash"] == 1001 * 7 and entity["username"] == "u1001" and entity["name"] == "N"
+    assert {d.id for d in base.collection("sent_files").stream()} == {"01" * 16 + "-1234-0"}
+    states = base.get().to_dict()["update_states"]
+    assert states["0"] == {"pts": 10, "qts": 20, "date": 1735776000, "seq": 30}
+    assert states["777"]["pts"] == 5
+    s.close()
+
+    again = open_session(firestore_client, bot_id)
+    assert again.get_update_state(0) == types.updates.State(
+        10, 20, datetime.datetime(2025, 1, 2, tzinfo=UTC), 30, unread_count=0
+    )
+    assert again.get_file(b"\x01" * 16, 1234, types.InputDocument) == types.InputDocument(55, 66, b"")
+    assert again.get_input_entity("u1002") == types.InputPeerUser(1002, 1002 * 7)
+
+
+def test_unchanged_entities_are_not_written_again(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.process_entities(users(20))
+    assert s.flush(10)
+    store = s._store
+    assert store is not None
+    before = store.writes  # type: ignore[attr-defined]
+    s.process_entities(users(20))
+    assert s.flush(10)
+    assert store.writes == before  # type: ignore[attr-defined]
+    # One changed user: one entity document (plus the session document's last_active_at).
+    s.process_entities([user(1005, username="renamed", first_name="N")])
+    assert s.flush(10)
+    assert store.writes == before + 2  # type: ignore[attr-defined]
+
+
+def test_commits_never_exceed_500_writes(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    n = 1201
+    s.process_entities(users(n))
+    store = s._store
+    assert s.flush(30)
+    assert store.writes == n + 1  # type: ignore[attr-defined]  # entities + the session document
+    assert store.commits == 3  # type: ignore[attr-defined]  # 500 + 500 + 202
+    assert MAX_WRITES_PER_COMMIT == 500
+    count = firestore_client.collection(f"bots/{bot_id}/user_sessions/42/entities").count().get()[0][0].value
+    assert count == n
+
+
+def test_lazy_lookup_and_cached_misses(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.process_entities(
+        [
+            user(501, username="Alice", phone="15550001", first_name="Alice", last_name="A"),
+            types.Channel(
+                9001, "Chan", None, datetime.datetime(2024, 1, 1, tzinfo=UTC), access_hash=123, username="chan"
+            ),
+        ]
+    )
+    s.close()
+
+    fresh = open_session(firestore_client, bot_id)
+    assert fresh._entities == {}  # nothing loaded at start
+    assert fresh.get_input_entity(501) == types.InputPeerUser(501, 501 * 7)
+    assert fresh.get_input_entity("@chan") == types.InputPeerChannel(9001, 123)
+    assert fresh.get_input_entity("+1 555 0001") == types.InputPeerUser(501, 501 * 7)
+    assert fresh.get_input_entity("Alice A") == types.InputPeerUser(501, 501 * 7)
+    assert fresh.get_input_entity(9001) == types.InputPeerChannel(9001, 123)  # bare id, not exact
+
+    with pytest.raises(ValueError, match="Could not find"):
+        fresh.get_input_entity("nobody")
+    misses = set(fresh._misses)
+    # The miss is cached: the store is not asked again.
+    store = fresh._store
+    calls: list[str] = []
+    original = store.find_entity  # type: ignore[union-attr]
+    store.find_entity = lambda *a: calls.append("q") or original(*a)  # type: ignore[union-attr, method-assign, func-returns-value]
+    with pytest.raises(ValueError, match="Could not find"):
+        fresh.get_input_entity("nobody")
+    assert calls == []
+    assert fresh._misses == misses
+
+
+def test_username_moves_to_new_owner(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.process_entities([user(1, username="shared")])
+    s.process_entities([user(2, username="shared")])
+    assert s.get_input_entity("shared") == types.InputPeerUser(2, 14)
+    s.close()
+    fresh = open_session(firestore_client, bot_id)
+    assert fresh.get_input_entity("@Shared") == types.InputPeerUser(2, 14)
+    old = firestore_client.document(f"bots/{bot_id}/user_sessions/42/entities/1").get().to_dict()
+    assert old["username"] is None
+
+
+def test_newer_schema_is_refused_and_left_untouched(firestore_client: Any, bot_id: str) -> None:
+    doc = firestore_client.document(f"bots/{bot_id}/user_sessions/42")
+    doc.set({"schema_version": SCHEMA_VERSION + 1, "auth_key": KEY, "future": {"x": 1}})
+    before = raw(doc)
+    with pytest.raises(SchemaVersionError, match="upgrade") as info:
+        open_session(firestore_client, bot_id)
+    assert info.value.found == SCHEMA_VERSION + 1
+    assert raw(doc) == before
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"schema_version": 1, "dc_id": "two"},
+        {"schema_version": 1, "auth_key": "not-bytes"},
+        {"schema_version": 1, "update_states": ["x"]},
+        {"schema_version": 1, "update_states": {"0": {"pts": 1}}},
+        {"dc_id": 2},
+        {"session_data": "U1FMaXRl"},
+    ],
+)
+def test_wrong_shape_is_refused_and_left_untouched(firestore_client: Any, bot_id: str, data: dict[str, Any]) -> None:
+    doc = firestore_client.document(f"bots/{bot_id}/user_sessions/42")
+    doc.set(data)
+    before = raw(doc)
+    with pytest.raises(SessionCorruptError) as info:
+        open_session(firestore_client, bot_id)
+    if "session_data" in data:
+        assert "import" in str(info.value)
+    assert raw(doc) == before
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "../x", "x" * 200, "a\\b", "__x__", "sp ace", "nul\x00"])
+def test_invalid_ids_are_rejected(firestore_client: Any, bad: str) -> None:
+    with pytest.raises(InvalidSessionIdError):
+        FirestoreSession(bad, bot_id="bot", client=firestore_client)
+    with pytest.raises(InvalidSessionIdError):
+        FirestoreSession("1", bot_id=bad, client=firestore_client)
+    assert list(firestore_client.collections()) == []
+
+
+def test_delete_removes_document_and_subcollections(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.auth_key = AuthKey(KEY)
+    s.process_entities(users(620))
+    s.cache_file(b"\x02" * 16, 10, types.InputPhoto(1, 2, b""))
+    s.save()
+    assert s.flush(30)
+    other = open_session(firestore_client, bot_id, uid="43")
+    other.auth_key = AuthKey(KEY)
+    other.save()
+
+    assert s.delete() is True
+    base = f"bots/{bot_id}/user_sessions/42"
+    assert not firestore_client.document(base).get().exists
+    assert list(firestore_client.collection(base + "/entities").limit(1).stream()) == []
+    assert list(firestore_client.collection(base + "/sent_files").limit(1).stream()) == []
+    assert firestore_client.document(f"bots/{bot_id}/user_sessions/43").get().exists
+    # Nothing comes back from the writer after the delete.
+    s.process_entities(users(2, start=5000))
+    s.save()
+    assert BackgroundWriter.get().flush(None, 10)
+    assert not firestore_client.document(base).get().exists
+
+
+def test_accepts_project_without_client(emulator: Emulator, firestore_client: Any, bot_id: str) -> None:
+    s = FirestoreSession("7", bot_id=bot_id, project="demo-telethon-firestore-session")
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    assert firestore_client.document(f"bots/{bot_id}/user_sessions/7").get().exists
+
+
+def test_repr_and_logs_hide_the_auth_key(firestore_client: Any, bot_id: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    s = open_session(firestore_client, bot_id)
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    s.process_entities(users(3))
+    s.close()
+    text = repr(s) + caplog.text
+    assert "auth_key=set" in repr(s)
+    for form in (KEY.hex(), repr(KEY)[2:40], KEY[:32].hex()):
+        assert form not in text
+
+
+def test_clone_is_detached(firestore_client: Any, bot_id: str) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.set_dc(2, "1.1.1.1", 443)
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    c = s.clone()
+    assert type(c).__name__ == "SessionCore"
+    c.set_dc(203, "9.9.9.9", 443)
+    c.auth_key = AuthKey(b"\x07" * 256)
+    c.save()
+    c.close()
+    data = firestore_client.document(f"bots/{bot_id}/user_sessions/42").get().to_dict()
+    assert data["dc_id"] == 2 and data["auth_key"] == KEY
+
+
+# -- Firestore going away ------------------------------------------------------------------
+
+
+def test_save_with_only_entities_does_not_wait_for_firestore(
+    firestore_client: Any, bot_id: str, paused: Emulator
+) -> None:
+    s = open_session(firestore_client, bot_id, rpc_timeout=1.0)
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    paused.pause()
+    s.process_entities(users(5))
+    start = time.perf_counter()
+    s.save()
+    assert time.perf_counter() - start < 0.1
+    assert s.flush(0.5) is False  # the writer cannot reach Firestore
+    paused.resume()
+    assert s.flush(30) is True
+    again = open_session(firestore_client, bot_id)
+    assert again.get_input_entity("u1003") == types.InputPeerUser(1003, 1003 * 7)
+
+
+def test_writer_retries_failed_commits(firestore_client: Any, bot_id: str, paused: Emulator) -> None:
+    s = open_session(firestore_client, bot_id, rpc_timeout=0.5)
+    writer = BackgroundWriter.get()
+    failed_before = writer.failed_writes
+    paused.pause()
+    s.process_entities(users(4))
+    s.save()
+    deadline = time.monotonic() + 15
+    while writer.failed_writes == failed_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.failed_writes > failed_before
+    assert writer.stats().queue_depth >= 4
+    paused.resume()
+    assert s.flush(30)
+    ids = {d.id for d in firestore_client.collection(f"bots/{bot_id}/user_sessions/42/entities").stream()}
+    assert ids == {"1000", "1001", "1002", "1003"}
+
+
+def test_write_through_failure_raises_and_is_retried(firestore_client: Any, bot_id: str, paused: Emulator) -> None:
+    s = open_session(firestore_client, bot_id, rpc_timeout=0.5)
+    paused.pause()
+    s.auth_key = AuthKey(KEY)
+    start = time.perf_counter()
+    with pytest.raises(SessionStoreError) as info:
+        s.save()
+    assert time.perf_counter() - start < 10
+    assert KEY.hex() not in str(info.value)
+    paused.resume()
+    s.save()  # the change is still pending and is written now
+    data = firestore_client.document(f"bots/{bot_id}/user_sessions/42").get().to_dict()
+    assert data["auth_key"] == KEY
+
+
+def test_lookup_while_firestore_is_away_is_a_bounded_uncached_miss(
+    firestore_client: Any, bot_id: str, paused: Emulator
+) -> None:
+    s = open_session(firestore_client, bot_id)
+    s.process_entities([user(77, username="later")])
+    s.close()
+    fresh = open_session(firestore_client, bot_id, lookup_timeout=0.5)
+    paused.pause()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="Could not find"):
+        fresh.get_input_entity("later")
+    assert time.perf_counter() - start < 5
+    paused.resume()
+    assert fresh.get_input_entity("later") == types.InputPeerUser(77, 77 * 7)
+
+
+def test_close_waits_a_bounded_time(firestore_client: Any, bot_id: str, paused: Emulator) -> None:
+    s = open_session(firestore_client, bot_id, rpc_timeout=0.5, close_timeout=1.0)
+    paused.pause()
+    s.process_entities(users(2))
+    start = time.perf_counter()
+    s.close()
+    assert time.perf_counter() - start < 3
+    paused.resume()
+    assert s.flush(30)
