@@ -22,7 +22,7 @@ from telethon_firestore_session import (
     SessionCorruptError,
     SessionStoreError,
 )
-from telethon_firestore_session.firestore import SCHEMA_VERSION, MAX_WRITES_PER_COMMIT
+from telethon_firestore_session.firestore import MAX_WRITES_PER_COMMIT, SCHEMA_VERSION
 from tests.emulator import Emulator
 
 KEY = bytes(range(256))
