@@ -76,6 +76,9 @@ class StoredSession:
 
     header: SessionHeader = EMPTY_HEADER
     update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict)
+    #: The stored header is not in its current form (plaintext or sealed with an old
+    #: key): the next ``save()`` writes it again even if nothing changed.
+    needs_rewrite: bool = False
 
 
 @dataclasses.dataclass
@@ -294,6 +297,7 @@ class SessionCore(Session):  # type: ignore[misc]
         self._dirty_files: set[FileKey] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._persisted = EMPTY_HEADER
+        self._rewrite_header = False
         self._deleted = False
 
         if store is not None:
@@ -310,6 +314,7 @@ class SessionCore(Session):  # type: ignore[misc]
         self._takeout_id = h.takeout_id
         self._states = dict(loaded.update_states)
         self._persisted = h
+        self._rewrite_header = loaded.needs_rewrite
 
     @property
     def _bound_writer(self) -> BackgroundWriter:
@@ -627,9 +632,10 @@ class SessionCore(Session):  # type: ignore[misc]
         if store is None or self._deleted:
             return
         header = self._header()
-        if header != self._persisted:
+        if header != self._persisted or self._rewrite_header:
             store.write_session(header)
             self._persisted = header
+            self._rewrite_header = False
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
