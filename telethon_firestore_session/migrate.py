@@ -109,6 +109,7 @@ FAILED = "failed"
 
 _CHANNEL_MARK = 1_000_000_000_000
 _UTC = datetime.timezone.utc
+_URLSAFE = str.maketrans("-_", "+/")
 
 
 def auth_key_fingerprint(key: bytes | None) -> str | None:
@@ -374,10 +375,10 @@ def decode_legacy_session_data(value: object, where: str = "session_data") -> Se
     else:
         raise SessionCorruptError(f"{where}: expected a base64 string, found {type(value).__name__}")
     if text:
-        padded = text + "=" * (-len(text) % 4)
-        for decode in (base64.b64decode, base64.urlsafe_b64decode):
-            with contextlib.suppress(binascii.Error, ValueError):
-                candidates.append(decode(padded))
+        # Standard or URL-safe alphabet, padded or not; anything else is not base64.
+        normal = text.translate(_URLSAFE) + "=" * (-len(text) % 4)
+        with contextlib.suppress(binascii.Error, ValueError):
+            candidates.append(base64.b64decode(normal, validate=True))
     for raw in candidates:
         if raw.startswith(SQLITE_MAGIC):
             return _snapshot_from_sqlite_bytes(raw, where)
@@ -1183,7 +1184,7 @@ class FirestoreDestination(Destination):
         before = len(self._batcher.ops)
         try:
             report = _apply(snapshot, target, overwrite)
-            if not report.changed and legacy is not None and target.legacy_fields():
+            if report.status == UNCHANGED and legacy is not None and target.legacy_fields():
                 # Already imported, but the original field is back: move it aside again.
                 self._batcher.add(target.owner, target.store.doc, target.legacy_fields(), True)
         except Exception as exc:  # noqa: BLE001 - one bad session must not stop the run
