@@ -1,0 +1,906 @@
+"""``ScopedSQLiteSession``: one Telethon SQLite file per user, in Telethon's own schema.
+
+Layout::
+
+    {sessions_dir}/{bot_id}/user_{user_id}.session   Telethon's schema, version 8, WAL mode
+    {sessions_dir}/{bot_id}/metadata.json            {user_id: {user_id, created_at, last_active_at, size}}
+    {sessions_dir}/{bot_id}/metadata.lock            serialises metadata.json writers across processes
+
+A file written here opens with plain ``telethon.sessions.SQLiteSession(path)``, and
+Telethon's own files (any schema version) open here; older versions are upgraded in
+place, step by step, the way Telethon's ``_upgrade_database`` does.
+
+While a store is open it holds an exclusive ``flock`` on its ``.session`` file, so a
+second process (or a second session object in this process) that opens the same user
+gets :class:`~telethon_firestore_session.errors.SessionInUseError` instead of
+"database is locked" or, worse, ``AuthKeyDuplicatedError`` from Telegram.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from telethon.tl import types
+
+from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
+from ._ids import SessionKey, validate_id
+from .errors import (
+    InvalidSessionIdError,
+    SchemaVersionError,
+    SessionCorruptError,
+    SessionInUseError,
+    SessionStoreError,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "ScopedSQLiteSession",
+    "list_sqlite_sessions",
+    "read_metadata",
+    "session_path",
+]
+
+log = logging.getLogger("telethon_firestore_session.sqlite")
+
+#: Telethon's ``CURRENT_VERSION`` of its SQLite session schema (Telethon 1.45).
+SCHEMA_VERSION = 8
+
+AUTH_KEY_SIZE = 256
+SESSION_SUFFIX = ".session"
+METADATA_FILE = "metadata.json"
+METADATA_LOCK = "metadata.lock"
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_PAGE = 1000
+_BUSY_TIMEOUT = 10.0
+_UTC = datetime.timezone.utc
+_USER_FILE = re.compile(r"^user_(.+)\.session$")
+_TMP_PREFIX = ".metadata.json."
+
+# Telethon's schema, version 8, exactly as ``SQLiteSession`` creates it.
+_TABLES = (
+    "version (version integer primary key)",
+    """sessions (
+        dc_id integer primary key,
+        server_address text,
+        port integer,
+        auth_key blob,
+        takeout_id integer,
+        tmp_auth_key blob
+    )""",
+    """entities (
+        id integer primary key,
+        hash integer not null,
+        username text,
+        phone integer,
+        name text,
+        date integer
+    )""",
+    """sent_files (
+        md5_digest blob,
+        file_size integer,
+        type integer,
+        id integer,
+        hash integer,
+        primary key(md5_digest, file_size, type)
+    )""",
+    """update_state (
+        id integer primary key,
+        pts integer,
+        qts integer,
+        date integer,
+        seq integer
+    )""",
+)
+_SENT_FILES_V3 = _TABLES[3]
+_UPDATE_STATE_V4 = _TABLES[4]
+
+# Extra indexes for lazy lookups; Telethon ignores them.
+_INDEXES = (
+    "create index if not exists tfs_entities_username on entities(username)",
+    "create index if not exists tfs_entities_phone on entities(phone)",
+    "create index if not exists tfs_entities_name on entities(name)",
+)
+_LOOKUP_FIELDS = frozenset({"username", "phone", "name"})
+
+# Paths locked by a store of this process. Checked before opening the file at all:
+# closing any descriptor of a file drops every POSIX lock this process holds on it,
+# SQLite's own included.
+_held: set[str] = set()
+_held_lock = threading.Lock()
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(_UTC).isoformat(timespec="seconds")
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, _UTC).isoformat(timespec="seconds")
+
+
+def _require_flock() -> Any:
+    if fcntl is None:  # pragma: no cover - Windows
+        raise SessionStoreError("ScopedSQLiteSession needs POSIX file locks (fcntl.flock); use FirestoreSession here")
+    return fcntl
+
+
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents with mode 0700 (existing ones are left alone)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, _DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, _DIR_MODE)  # exact, whatever the umask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _bot_dir(sessions_dir: str | os.PathLike[str], bot_id: object) -> tuple[Path, Path]:
+    """``(resolved sessions_dir, its bot directory)``, checking that the latter stays inside."""
+    bot = validate_id("bot_id", bot_id)
+    base = Path(sessions_dir).resolve()
+    bot_dir = (base / bot).resolve()
+    if bot_dir.parent != base:
+        raise InvalidSessionIdError(f"bot_id {bot!r}: {bot_dir} resolves outside the sessions directory {base}")
+    return base, bot_dir
+
+
+def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
+    """``{sessions_dir}/{bot_id}/user_{user_id}.session``, resolved and checked to stay inside ``sessions_dir``.
+
+    :raises InvalidSessionIdError: if an id is invalid or the path (through a symbolic
+        link) leads outside ``sessions_dir``.
+    """
+    _, bot_dir = _bot_dir(sessions_dir, key.bot_id)
+    path = (bot_dir / f"user_{key.user_id}{SESSION_SUFFIX}").resolve()
+    if path.parent != bot_dir:
+        raise InvalidSessionIdError(f"session {key}: {path} resolves outside the bot directory {bot_dir}")
+    return path
+
+
+# -- metadata.json -------------------------------------------------------------------------
+
+_dir_locks: dict[str, threading.Lock] = {}
+_dir_locks_guard = threading.Lock()
+
+
+def _dir_lock(bot_dir: Path) -> threading.Lock:
+    with _dir_locks_guard:
+        lock = _dir_locks.get(str(bot_dir))
+        if lock is None:
+            lock = _dir_locks[str(bot_dir)] = threading.Lock()
+        return lock
+
+
+def _file_size(path: Path) -> int | None:
+    """Bytes on disk of a session: the file plus its write-ahead log; ``None`` if it is gone."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        size += os.stat(f"{path}-wal").st_size
+    return size
+
+
+def _session_files(bot_dir: Path) -> dict[str, Path]:
+    """``user_id -> path`` of every ``user_*.session`` file in ``bot_dir``."""
+    found: dict[str, Path] = {}
+    try:
+        names = os.listdir(bot_dir)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        m = _USER_FILE.match(name)
+        if m is None:
+            continue
+        try:
+            uid = validate_id("user_id", m.group(1))
+        except InvalidSessionIdError:
+            continue
+        found[uid] = bot_dir / name
+    return found
+
+
+def _entry_from_file(uid: str, path: Path) -> dict[str, Any] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    size = _file_size(path) or st.st_size
+    return {"user_id": uid, "created_at": _iso(st.st_mtime), "last_active_at": _iso(st.st_mtime), "size": size}
+
+
+def _rebuild(bot_dir: Path) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    for uid, path in _session_files(bot_dir).items():
+        entry = _entry_from_file(uid, path)
+        if entry is not None:
+            entries[uid] = entry
+    return entries
+
+
+def _valid_entry(uid: str, entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("user_id") == uid
+        and isinstance(entry.get("created_at"), str)
+        and isinstance(entry.get("last_active_at"), str)
+        and isinstance(entry.get("size"), int)
+    )
+
+
+def _load_metadata(bot_dir: Path) -> dict[str, dict[str, Any]]:
+    """metadata.json of ``bot_dir``; rebuilt from the session files if missing or unreadable."""
+    path = bot_dir / METADATA_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return _rebuild(bot_dir)
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); rebuilding it from the session files", path, type(exc).__name__)
+        return _rebuild(bot_dir)
+    if not isinstance(data, dict):
+        log.warning("%s is not a JSON object; rebuilding it from the session files", path)
+        return _rebuild(bot_dir)
+    entries: dict[str, dict[str, Any]] = {}
+    for uid, entry in data.items():
+        if _valid_entry(uid, entry):
+            entries[uid] = entry
+        else:
+            log.warning("%s: ignoring a malformed entry", path)
+    return entries
+
+
+def _write_metadata(bot_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Replace metadata.json atomically: temp file in the same directory, fsync, rename, fsync dir."""
+    tmp = bot_dir / f"{_TMP_PREFIX}{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, bot_dir / METADATA_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(bot_dir)
+
+
+def _remove_stale_temps(bot_dir: Path) -> None:
+    """Temp files left by a writer that was killed (only called while holding metadata.lock)."""
+    for name in os.listdir(bot_dir):
+        if name.startswith(_TMP_PREFIX) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(bot_dir / name)
+
+
+def _update_metadata(bot_dir: Path, user_id: str, path: Path, *, remove: bool = False) -> None:
+    """Refresh (or remove) ``user_id``'s entry in metadata.json.
+
+    Serialised per directory by a thread lock (this process) and an ``flock`` on
+    metadata.lock (other processes).
+    """
+    flock = _require_flock()
+    with _dir_lock(bot_dir):
+        fd = os.open(bot_dir / METADATA_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            flock.flock(fd, flock.LOCK_EX)
+            _remove_stale_temps(bot_dir)
+            entries = _load_metadata(bot_dir)
+            size = None if remove else _file_size(path)
+            if size is None:
+                if entries.pop(user_id, None) is None and remove:
+                    return
+            else:
+                now = _now_iso()
+                entry = entries.get(user_id)
+                created = entry["created_at"] if entry is not None else now
+                entries[user_id] = {"user_id": user_id, "created_at": created, "last_active_at": now, "size": size}
+            _write_metadata(bot_dir, entries)
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def read_metadata(sessions_dir: str | os.PathLike[str], bot_id: str) -> dict[str, dict[str, Any]]:
+    """The contents of ``{sessions_dir}/{bot_id}/metadata.json``: ``{user_id: entry}``.
+
+    Each entry has ``user_id``, ``created_at`` and ``last_active_at`` (ISO-8601, UTC)
+    and ``size`` (bytes of the session file and its write-ahead log). If the file is
+    missing or unreadable, the entries are rebuilt from the ``.session`` files
+    (a warning is logged when it was unreadable); nothing is written here.
+    """
+    _, bot_dir = _bot_dir(sessions_dir, bot_id)
+    return _load_metadata(bot_dir)
+
+
+def list_sqlite_sessions(sessions_dir: str | os.PathLike[str], bot_id: str) -> list[dict[str, Any]]:
+    """Every session file of ``bot_id``, with its metadata, sorted by ``user_id``.
+
+    The files decide what exists: an entry whose file is gone is left out, a file
+    without an entry gets one from the file's modification time, and ``size`` is
+    measured now.
+    """
+    _, bot_dir = _bot_dir(sessions_dir, bot_id)
+    entries = _load_metadata(bot_dir)
+    result: list[dict[str, Any]] = []
+    for uid, path in sorted(_session_files(bot_dir).items()):
+        size = _file_size(path)
+        if size is None:
+            continue
+        entry = dict(entries.get(uid) or _entry_from_file(uid, path) or {})
+        if not entry:
+            continue
+        entry["size"] = size
+        result.append(entry)
+    return result
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class _Handle:
+    """An open connection and the flock that guards it, released together (also on GC)."""
+
+    def __init__(self, conn: sqlite3.Connection, fd: int, held_key: str) -> None:
+        self.conn = conn
+        self._finalizer = weakref.finalize(self, _release, conn, fd, held_key)
+        # At exit the background writer still flushes through this connection.
+        self._finalizer.atexit = False
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _release(conn: sqlite3.Connection, fd: int, held_key: str) -> None:
+    try:
+        conn.close()  # first: SQLite's POSIX locks must go before our descriptor closes
+    finally:
+        try:
+            os.close(fd)  # releases the flock
+        finally:
+            with _held_lock:
+                _held.discard(held_key)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"pragma table_info({table})").fetchall()}
+
+
+def _state_from_row(pts: Any, qts: Any, date: Any, seq: Any) -> types.updates.State:
+    return types.updates.State(
+        int(pts or 0),
+        int(qts or 0),
+        datetime.datetime.fromtimestamp(date or 0, tz=_UTC),
+        int(seq or 0),
+        unread_count=0,
+    )
+
+
+def _entity_from_row(row: Sequence[Any]) -> EntityRow:
+    eid, ehash, username, phone, name, date = row
+    return EntityRow(
+        int(eid),
+        int(ehash),
+        username or None,
+        str(phone) if phone is not None and phone != "" else None,  # the column has integer affinity
+        name or None,
+        int(date or 0),
+    )
+
+
+class SQLiteStore(Store):
+    """Loads and persists one session in ``{sessions_dir}/{bot_id}/user_{user_id}.session``.
+
+    One SQLite connection serves both the session's thread and the background
+    writer's thread; a lock serialises them. The file (and its ``flock``) is opened
+    by ``load()`` and again, lazily, by any later call after ``close()``.
+    """
+
+    def __init__(self, key: SessionKey, sessions_dir: str | os.PathLike[str] = "sessions") -> None:
+        self.key = key
+        self.sessions_dir, self.bot_dir = _bot_dir(sessions_dir, key.bot_id)
+        self.path = session_path(sessions_dir, key)
+        self.where = f"sqlite:{self.path}"
+        self._lock = threading.RLock()
+        self._handle: _Handle | None = None
+        self._metadata_due = False
+        self._metadata_at = 0.0
+        #: Seconds between metadata.json refreshes caused by ``write_changes`` alone.
+        self.metadata_interval = 30.0
+        #: Transactions committed by ``write_changes`` (one per call).
+        self.commits = 0
+
+    # -- opening and closing ----------------------------------------------------------------
+
+    def _check_path(self) -> None:
+        if session_path(self.sessions_dir, self.key) != self.path:
+            raise InvalidSessionIdError(f"session {self.key}: {self.path} no longer resolves to itself")
+
+    def _lock_file(self) -> tuple[int, str]:
+        flock = _require_flock()
+        held_key = str(self.path)
+        with _held_lock:
+            if held_key in _held:
+                raise SessionInUseError(self.where, "another session object in this process")
+            _held.add(held_key)
+        try:
+            _make_private_dirs(self.bot_dir)
+            self._check_path()
+            for _ in range(10):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
+                try:
+                    flock.flock(fd, flock.LOCK_EX | flock.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise SessionInUseError(
+                        self.where, "another process (it holds the file lock; close the session there first)"
+                    ) from None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                # delete() elsewhere may have unlinked the file between our open and lock.
+                try:
+                    st = os.stat(self.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                fst = os.fstat(fd)
+                if st is not None and (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
+                    if fst.st_mode & 0o777 != _FILE_MODE:
+                        os.fchmod(fd, _FILE_MODE)  # -wal/-shm inherit this mode from SQLite
+                    return fd, held_key
+                os.close(fd)
+            raise SessionStoreError(f"{self.where}: the file keeps being replaced while opening it")
+        except BaseException:
+            with _held_lock:
+                _held.discard(held_key)
+            raise
+
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection (call with ``self._lock`` held); opens file and lock if needed."""
+        handle = self._handle
+        if handle is not None:
+            return handle.conn
+        try:
+            fd, held_key = self._lock_file()
+        except OSError as exc:
+            raise SessionStoreError(f"cannot open {self.where}: {type(exc).__name__}: {exc}") from exc
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            _release_fd(fd, held_key)
+            raise SessionStoreError(f"cannot open {self.where}: {exc}") from exc
+        handle = _Handle(conn, fd, held_key)
+        try:
+            self._prepare(conn)
+        except sqlite3.OperationalError as exc:
+            handle.close()
+            raise SessionStoreError(f"cannot open {self.where}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            handle.close()
+            raise SessionCorruptError(
+                f"{self.where}: cannot read it as a Telethon session ({exc}); the file was not modified"
+            ) from exc
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Check the schema (before changing anything), switch to WAL, create or upgrade tables."""
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        version: int | None = None
+        if tables:
+            if "version" not in tables:
+                raise SessionCorruptError(
+                    f"{self.where}: an SQLite database without Telethon's version table; the file was not modified"
+                )
+            row = conn.execute("select version from version").fetchone()
+            if row is None or not isinstance(row[0], int):
+                raise SessionCorruptError(f"{self.where}: Telethon's version table is empty; the file was not modified")
+            version = row[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(self.where, version, SCHEMA_VERSION)
+            if version < 1:
+                raise SessionCorruptError(f"{self.where}: schema version {version} is invalid; not modified")
+        mode = conn.execute("pragma journal_mode=wal").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise SessionStoreError(f"{self.where}: cannot switch the file to WAL mode (got {mode})")
+        conn.execute("pragma synchronous=normal")
+        conn.execute("begin immediate")
+        try:
+            if version is None:
+                for table in _TABLES:
+                    conn.execute(f"create table {table}")
+                conn.execute("insert into version values (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                self._upgrade(conn, version)
+                conn.execute("delete from version")
+                conn.execute("insert into version values (?)", (SCHEMA_VERSION,))
+                log.info("upgraded %s from Telethon schema version %d to %d", self.where, version, SCHEMA_VERSION)
+            for stmt in _INDEXES:
+                conn.execute(stmt)
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection, old: int) -> None:
+        """Telethon's ``SQLiteSession._upgrade_database``, step by step, in the caller's transaction.
+
+        Unlike Telethon's, each step tolerates a file that a crashed upgrade left half-done.
+        """
+        if old == 1:
+            old += 1  # version 1 has no sent_files table yet
+        if old == 2:
+            old += 1  # the old sent_files cache expires within a day anyway: drop it
+            conn.execute("drop table if exists sent_files")
+            conn.execute(f"create table {_SENT_FILES_V3}")
+        if old == 3:
+            old += 1
+            conn.execute(f"create table if not exists {_UPDATE_STATE_V4}")
+        if old == 4:
+            old += 1
+            if "takeout_id" not in _columns(conn, "sessions"):
+                conn.execute("alter table sessions add column takeout_id integer")
+        if old == 5:
+            old += 1  # access hashes of users and channels may be wrong: drop them
+            conn.execute("delete from entities")
+        if old == 6:
+            old += 1
+            if "date" not in _columns(conn, "entities"):
+                conn.execute("alter table entities add column date integer")
+        if old == 7:
+            old += 1
+            if "tmp_auth_key" not in _columns(conn, "sessions"):
+                conn.execute("alter table sessions add column tmp_auth_key blob")
+
+    def close(self) -> None:
+        """Close the file and release its lock; a later call opens both again."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                handle.close()  # SQLite checkpoints and removes -wal/-shm here
+            if self._metadata_due:
+                self._refresh_metadata()
+
+    # -- auth key encoding (the hook for a cipher) ------------------------------------------
+
+    def _encode_auth_key(self, key: bytes | None) -> bytes:
+        """The value stored in ``sessions.auth_key`` (Telethon stores ``b''`` for no key)."""
+        return key or b""
+
+    def _decode_auth_key(self, value: object) -> bytes | None:
+        """The auth key from a ``sessions.auth_key`` value."""
+        if value is None:
+            return None
+        if not isinstance(value, (bytes, memoryview)):
+            raise SessionCorruptError(f"{self.where}: the auth key is not a blob; the file was not modified")
+        key = bytes(value)
+        if not key:
+            return None
+        if len(key) != AUTH_KEY_SIZE:
+            raise SessionCorruptError(
+                f"{self.where}: the auth key has {len(key)} bytes, not {AUTH_KEY_SIZE}; the file was not modified"
+            )
+        return key
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def load(self) -> StoredSession | None:
+        """Open the file and read the sessions row and the update states (never the entities)."""
+        try:
+            with self._lock:
+                conn = self._conn()
+                try:
+                    row = conn.execute(
+                        "select dc_id, server_address, port, auth_key, takeout_id from sessions limit 1"
+                    ).fetchone()
+                    states = {
+                        int(sid): _state_from_row(pts, qts, date, seq)
+                        for sid, pts, qts, date, seq in conn.execute("select id, pts, qts, date, seq from update_state")
+                    }
+                except sqlite3.DatabaseError as exc:
+                    raise SessionCorruptError(f"{self.where}: cannot read the session ({exc})") from exc
+                if row is None and not states:
+                    return None
+                header = SessionHeader(0, None, None, None, None)
+                if row is not None:
+                    dc_id, server, port, auth_key, takeout = row
+                    header = SessionHeader(int(dc_id or 0), server, port, self._decode_auth_key(auth_key), takeout)
+                return StoredSession(header=header, update_states=states)
+        except BaseException:
+            self.close()  # a session that failed to open must not keep the lock
+            raise
+
+    def find_entity_by_ids(self, ids: Sequence[int]) -> EntityRow | None:
+        if not ids:
+            return None
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = (
+                self._conn()
+                .execute(
+                    f"select id, hash, username, phone, name, date from entities where id in ({marks})",  # noqa: S608
+                    tuple(ids),
+                )
+                .fetchall()
+            )
+        found = {r.id: r for r in map(_entity_from_row, rows)}
+        for i in ids:
+            if i in found:
+                return found[i]
+        return None
+
+    def find_entity(self, field: str, value: str) -> EntityRow | None:
+        if field not in _LOOKUP_FIELDS:
+            raise ValueError(f"cannot look entities up by {field!r}")
+        with self._lock:
+            row = (
+                self._conn()
+                .execute(
+                    f"select id, hash, username, phone, name, date from entities where {field} = ? "  # noqa: S608
+                    "order by coalesce(date, 0) desc, rowid desc limit 1",
+                    (value,),
+                )
+                .fetchone()
+            )
+        return _entity_from_row(row) if row is not None else None
+
+    def find_file(self, key: FileKey) -> tuple[int, int] | None:
+        with self._lock:
+            row = (
+                self._conn()
+                .execute(
+                    "select id, hash from sent_files where md5_digest = ? and file_size = ? and type = ?",
+                    (key[0], key[1], key[2]),
+                )
+                .fetchone()
+            )
+        return (int(row[0]), int(row[1])) if row is not None else None
+
+    def iter_entities(self) -> Iterator[EntityRow]:
+        """Every stored entity, read in pages of 1,000 (the lock is not held between pages)."""
+        last = None
+        while True:
+            with self._lock:
+                rows = (
+                    self._conn()
+                    .execute(
+                        "select id, hash, username, phone, name, date from entities "
+                        "where ? is null or id > ? order by id limit ?",
+                        (last, last, _PAGE),
+                    )
+                    .fetchall()
+                )
+            for row in rows:
+                yield _entity_from_row(row)
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1][0]
+
+    def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
+        last = 0
+        while True:
+            with self._lock:
+                rows = (
+                    self._conn()
+                    .execute(
+                        "select rowid, md5_digest, file_size, type, id, hash from sent_files "
+                        "where rowid > ? order by rowid limit ?",
+                        (last, _PAGE),
+                    )
+                    .fetchall()
+                )
+            for _, md5, size, kind, fid, fhash in rows:
+                yield (bytes(md5), int(size), int(kind)), (int(fid), int(fhash))
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1][0]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_session(self, header: SessionHeader) -> None:
+        """Replace the sessions row and commit with a full fsync before returning."""
+        try:
+            with self._lock:
+                conn = self._conn()
+                conn.execute("pragma synchronous=full")
+                try:
+                    conn.execute("begin immediate")
+                    try:
+                        conn.execute("delete from sessions")
+                        conn.execute(
+                            "insert into sessions (dc_id, server_address, port, auth_key, takeout_id, tmp_auth_key) "
+                            "values (?, ?, ?, ?, ?, ?)",
+                            (
+                                header.dc_id,
+                                header.server_address,
+                                header.port,
+                                self._encode_auth_key(header.auth_key),
+                                header.takeout_id,
+                                b"",
+                            ),
+                        )
+                        conn.execute("commit")
+                    except BaseException:
+                        conn.execute("rollback")
+                        raise
+                finally:
+                    conn.execute("pragma synchronous=normal")
+        except sqlite3.Error as exc:
+            raise SessionStoreError(f"cannot write {self.where}: {type(exc).__name__}: {exc}") from exc
+        self._metadata_due = True
+        self._refresh_metadata()
+
+    def write_changes(self, changes: Changes) -> None:
+        """Write entities, update states and sent files in one transaction (background thread)."""
+        entity_rows = [(r.id, r.hash, r.username, r.phone, r.name, r.date) for r in changes.entities.values()]
+        state_rows = [(sid, s.pts, s.qts, int(s.date.timestamp()), s.seq) for sid, s in changes.states.items()]
+        file_rows = [(k[0], k[1], k[2], v[0], v[1]) for k, v in changes.files.items()]
+        with self._lock:
+            conn = self._conn()
+            conn.execute("begin immediate")
+            try:
+                if entity_rows:
+                    conn.executemany(
+                        "insert or replace into entities (id, hash, username, phone, name, date) "
+                        "values (?, ?, ?, ?, ?, ?)",
+                        entity_rows,
+                    )
+                if state_rows:
+                    conn.executemany(
+                        "insert or replace into update_state (id, pts, qts, date, seq) values (?, ?, ?, ?, ?)",
+                        state_rows,
+                    )
+                if file_rows:
+                    conn.executemany(
+                        "insert or replace into sent_files (md5_digest, file_size, type, id, hash) "
+                        "values (?, ?, ?, ?, ?)",
+                        file_rows,
+                    )
+                conn.execute("commit")
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            self.commits += 1
+            self._metadata_due = True
+        if time.monotonic() - self._metadata_at >= self.metadata_interval:
+            self._refresh_metadata()
+
+    def _refresh_metadata(self) -> None:
+        """Update this user's metadata.json entry; a failure is logged, never raised."""
+        self._metadata_due = False
+        self._metadata_at = time.monotonic()
+        try:
+            _update_metadata(self.bot_dir, self.key.user_id, self.path)
+        except Exception as exc:  # noqa: BLE001 - metadata is an index of the files, never worth failing a write
+            self._metadata_due = True
+            log.warning("cannot update %s (%s)", self.bot_dir / METADATA_FILE, type(exc).__name__)
+
+    def delete(self) -> None:
+        """Remove the file, its -wal/-shm and its metadata entry (taking the lock first)."""
+        with self._lock:
+            self._conn()  # take the lock: never delete a file that another process is using
+            handle, self._handle = self._handle, None
+            assert handle is not None
+            try:
+                handle.conn.close()  # SQLite checkpoints; the flock stays until the files are gone
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{self.path}{suffix}")
+            except (OSError, sqlite3.Error) as exc:
+                raise SessionStoreError(f"cannot delete {self.where}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                handle.close()
+            self._metadata_due = False
+            try:
+                _update_metadata(self.bot_dir, self.key.user_id, self.path, remove=True)
+            except Exception as exc:  # noqa: BLE001 - the file is gone; the index is rebuilt from files
+                log.warning("cannot update %s (%s)", self.bot_dir / METADATA_FILE, type(exc).__name__)
+
+
+def _release_fd(fd: int, held_key: str) -> None:
+    try:
+        os.close(fd)
+    finally:
+        with _held_lock:
+            _held.discard(held_key)
+
+
+class ScopedSQLiteSession(SessionCore):
+    """A Telethon session in ``{sessions_dir}/{bot_id}/user_{user_id}.session``.
+
+    Pass it to ``TelegramClient(session=ScopedSQLiteSession(user_id, bot_id=...), ...)``.
+    The file uses Telethon's own schema (version 8), so ``telethon.sessions.SQLiteSession``
+    can open it too, and Telethon's files (any version) open here.
+
+    Durability and timing:
+
+    * Creating the object opens the file, takes an exclusive file lock and reads the
+      DC, auth key, takeout id and update states (one small read; entities are looked
+      up lazily with indexed queries, so start-up does not grow with their number).
+    * ``save()`` returns after a changed auth key, DC or takeout id is committed and
+      fsynced. Otherwise it only hands records to the background writer: no disk I/O.
+    * Entities, update states and sent files are written behind within
+      ``flush_interval`` seconds, one transaction per flush.
+    * ``close()`` flushes (waiting at most ``close_timeout``), closes the file and
+      releases the lock. Using the session again re-opens the file and takes the lock.
+
+    :raises InvalidSessionIdError: for a ``user_id``/``bot_id`` that could escape ``sessions_dir``.
+    :raises SessionInUseError: if another process (or object) has this user's session open.
+    :raises SchemaVersionError: if the file has a newer Telethon schema (it is not modified).
+    :raises SessionCorruptError: if the file is not a Telethon session (it is not modified).
+    :raises SessionStoreError: if the file cannot be opened or written.
+    """
+
+    def __init__(
+        self,
+        user_id: str | int,
+        *,
+        bot_id: str,
+        sessions_dir: str | os.PathLike[str] = "sessions",
+        flush_interval: float = 5.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        key = SessionKey(bot_id, user_id)
+        self.key = key
+        store = SQLiteStore(key, sessions_dir)
+        self._sqlite = store
+        super().__init__(store, flush_interval=flush_interval, close_timeout=close_timeout)
+
+    @property
+    def user_id(self) -> str:
+        return self.key.user_id
+
+    @property
+    def bot_id(self) -> str:
+        return self.key.bot_id
+
+    @property
+    def path(self) -> Path:
+        """The session file (absolute)."""
+        return self._sqlite.path
