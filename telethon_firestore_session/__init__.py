@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._core import SessionCore
 from ._writer import BackgroundWriter, WriterStats
+from .crypto import SessionCipher
 from .errors import (
     ConfigError,
     InvalidSessionIdError,
@@ -25,6 +26,7 @@ __all__ = [
     "FirestoreSession",
     "InvalidSessionIdError",
     "SchemaVersionError",
+    "SessionCipher",
     "SessionClosedError",
     "SessionCore",
     "SessionCorruptError",

@@ -9,6 +9,7 @@ Layout (see DESIGN.md)::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -19,12 +20,27 @@ from telethon.tl import types
 
 from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
 from ._ids import SessionKey
-from .errors import ConfigError, SchemaVersionError, SessionCorruptError, SessionStoreError
+from .crypto import SessionCipher, is_sealed
+from .errors import (
+    ConfigError,
+    SchemaVersionError,
+    SessionCorruptError,
+    SessionDecryptionError,
+    SessionError,
+    SessionStoreError,
+)
 
 if TYPE_CHECKING:
     from google.cloud import firestore
 
-__all__ = ["SCHEMA_VERSION", "FirestoreSession", "FirestoreStore", "make_client", "session_document"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "FirestoreSession",
+    "FirestoreStore",
+    "make_client",
+    "rotate_firestore_sessions",
+    "session_document",
+]
 
 log = logging.getLogger("telethon_firestore_session.firestore")
 
@@ -36,6 +52,11 @@ MAX_WRITES_PER_COMMIT = 500
 
 ENTITIES = "entities"
 SENT_FILES = "sent_files"
+
+#: Entity fields sealed with ``encrypt_pii=True``; each gets a ``{field}_bi`` blind index.
+PII_FIELDS = ("username", "phone", "name")
+#: A plaintext auth key is exactly this long; a sealed one never is.
+AUTH_KEY_SIZE = 256
 
 
 def make_client(project: str | None = None, credentials: Any = None) -> firestore.Client:
@@ -156,13 +177,20 @@ class FirestoreStore(Store):
         *,
         rpc_timeout: float = 10.0,
         lookup_timeout: float = 2.0,
+        cipher: SessionCipher | None = None,
+        encrypt_pii: bool = False,
     ) -> None:
         from google.api_core import retry as retries
 
+        if encrypt_pii and cipher is None:
+            raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         self.key = key
         self.client = client
         self.doc = session_document(client, key)
         self.where = f"firestore:{self.doc.path}"
+        self.cipher = cipher
+        self.encrypt_pii = encrypt_pii
+        self._context = str(key)  # what sealed values are bound to: bot_id/user_id
         self._rpc_timeout = rpc_timeout
         self._lookup_timeout = lookup_timeout
         self._retry = retries.Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=rpc_timeout)
@@ -182,7 +210,74 @@ class FirestoreStore(Store):
         if not snap.exists:
             return None
         self._exists = True
-        return parse_session_document(snap.to_dict() or {}, self.where)
+        return self._open_stored(parse_session_document(snap.to_dict() or {}, self.where))
+
+    # -- sealing ----------------------------------------------------------------------------
+
+    def _open(self, value: bytes, field: str) -> bytes:
+        if self.cipher is None:
+            raise SessionDecryptionError(
+                self.where,
+                field,
+                "the value is sealed but no encryption key is configured (pass cipher=, or set SESSION_ENCRYPTION_KEY)",
+            )
+        try:
+            return self.cipher.open(value, where=self._context, field=field)
+        except SessionDecryptionError as exc:
+            raise SessionDecryptionError(self.where, field, exc.reason) from None
+
+    def _open_stored(self, stored: StoredSession) -> StoredSession:
+        """Open a sealed auth key; flag a plaintext or old-key one for rewriting."""
+        raw = stored.header.auth_key
+        if raw is None:
+            return stored
+        # A plaintext auth key is 256 bytes and a sealed one never is, so a plaintext
+        # key that happens to start like an envelope is still read as plaintext.
+        if len(raw) != AUTH_KEY_SIZE and is_sealed(raw):
+            plain = self._open(raw, "auth_key")
+            assert self.cipher is not None
+            rewrite = self.cipher.needs_reseal(raw)
+            if rewrite:
+                log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
+            return dataclasses.replace(stored, header=stored.header._replace(auth_key=plain), needs_rewrite=rewrite)
+        if self.cipher is not None:
+            log.info("%s: plaintext auth key; it is sealed on the next save()", self.where)
+            return dataclasses.replace(stored, needs_rewrite=True)
+        return stored
+
+    def _seal_auth_key(self, auth_key: bytes | None) -> bytes | None:
+        if auth_key is None or self.cipher is None:
+            return auth_key
+        return self.cipher.seal(auth_key, where=self._context, field="auth_key")
+
+    def _entity_row(self, doc_id: str, data: dict[str, Any] | None) -> EntityRow | None:
+        """An entity row from its document, opening sealed fields."""
+        if data is not None and any(isinstance(data.get(f), bytes) for f in PII_FIELDS):
+            data = dict(data)
+            for f in PII_FIELDS:
+                value = data.get(f)
+                if isinstance(value, bytes):
+                    field = f"{ENTITIES}/{doc_id}/{f}"
+                    try:
+                        data[f] = self._open(value, field).decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise SessionDecryptionError(self.where, field, "the opened value is not UTF-8") from None
+        return _entity_from_doc(doc_id, data)
+
+    def _entity_fields(self, row: EntityRow) -> dict[str, Any]:
+        """The document of an entity row: plaintext, or sealed with blind indexes."""
+        data: dict[str, Any] = {"hash": row.hash}
+        cipher = self.cipher
+        for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
+            if cipher is None or not self.encrypt_pii:
+                data[f] = value
+            elif value is None:
+                data[f] = data[f"{f}_bi"] = None
+            else:
+                data[f] = cipher.seal_text(value, where=self._context, field=f"{ENTITIES}/{row.id}/{f}")
+                data[f"{f}_bi"] = cipher.blind_index(value, where=self._context, field=f)
+        data["date"] = row.date
+        return data
 
     def find_entity_by_ids(self, ids: Sequence[int]) -> EntityRow | None:
         col = self.doc.collection(ENTITIES)
@@ -190,7 +285,7 @@ class FirestoreStore(Store):
         found: dict[int, EntityRow] = {}
         for snap in self.client.get_all(refs, retry=self._lookup_retry, timeout=self._lookup_timeout):
             if snap.exists:
-                row = _entity_from_doc(snap.id, snap.to_dict())
+                row = self._entity_row(snap.id, snap.to_dict())
                 if row is not None:
                     found[row.id] = row
         for i in ids:
@@ -199,13 +294,19 @@ class FirestoreStore(Store):
         return None
 
     def find_entity(self, field: str, value: str) -> EntityRow | None:
-        from google.cloud.firestore_v1.base_query import FieldFilter
+        from google.cloud.firestore_v1.base_query import FieldFilter, Or
 
-        query = self.doc.collection(ENTITIES).where(filter=FieldFilter(field, "==", value)).limit(10)
+        flt: Any = FieldFilter(field, "==", value)
+        if self.cipher is not None:
+            # Sealed rows are found by their blind index under any accepted key;
+            # rows written before encrypt_pii was on, by their plaintext.
+            indexes = list(self.cipher.blind_indexes(value, where=self._context, field=field))
+            flt = Or([FieldFilter(f"{field}_bi", "in", indexes), flt])
+        query = self.doc.collection(ENTITIES).where(filter=flt).limit(10)
         rows = [
             row
             for snap in query.get(retry=self._lookup_retry, timeout=self._lookup_timeout)
-            if (row := _entity_from_doc(snap.id, snap.to_dict())) is not None
+            if (row := self._entity_row(snap.id, snap.to_dict())) is not None
         ]
         if not rows:
             return None
@@ -234,7 +335,7 @@ class FirestoreStore(Store):
             "dc_id": header.dc_id,
             "server_address": header.server_address,
             "port": header.port,
-            "auth_key": header.auth_key,
+            "auth_key": self._seal_auth_key(header.auth_key),
             "takeout_id": header.takeout_id,
             "updated_at": now,
             "last_active_at": now,
@@ -260,16 +361,7 @@ class FirestoreStore(Store):
         yield self.doc, session
         entities = self.doc.collection(ENTITIES)
         for row in changes.entities.values():
-            yield (
-                entities.document(str(row.id)),
-                {
-                    "hash": row.hash,
-                    "username": row.username,
-                    "phone": row.phone,
-                    "name": row.name,
-                    "date": row.date,
-                },
-            )
+            yield entities.document(str(row.id)), self._entity_fields(row)
         files = self.doc.collection(SENT_FILES)
         for key, (fid, fhash) in changes.files.items():
             yield (
@@ -304,7 +396,7 @@ class FirestoreStore(Store):
 
     def iter_entities(self) -> Iterator[EntityRow]:
         for snap in self.doc.collection(ENTITIES).stream(retry=self._retry, timeout=self._rpc_timeout):
-            row = _entity_from_doc(snap.id, snap.to_dict())
+            row = self._entity_row(snap.id, snap.to_dict())
             if row is not None:
                 yield row
 
@@ -336,6 +428,163 @@ class FirestoreStore(Store):
                 batch.delete(snap.reference)
             batch.commit(retry=self._retry, timeout=self._rpc_timeout)
 
+    # -- re-sealing: key rotation, and turning encryption on ---------------------------------
+
+    def reseal(self) -> int:
+        """Re-seal what this session stores with the cipher's current key.
+
+        The auth key is sealed if it is plaintext or sealed with an old key. Entity
+        fields sealed with an old key are sealed again, with fresh blind indexes;
+        with ``encrypt_pii``, plaintext entity fields are sealed too. A document is
+        only rewritten while it is still the version that was read (a concurrent
+        writer wins and the document is read again), so nothing newer is lost.
+
+        :returns: the number of documents rewritten (0 if all were current).
+        :raises SessionDecryptionError: if a value cannot be opened; that document
+            is left as it is.
+        """
+        if self.cipher is None:
+            raise ConfigError("cipher", "re-sealing needs a cipher")
+        return int(self._reseal_header()) + self._reseal_entities()
+
+    def _reseal_header(self) -> bool:
+        from google.api_core.exceptions import FailedPrecondition
+
+        for _ in range(_RESEAL_ATTEMPTS):
+            snap = self.doc.get(retry=self._retry, timeout=self._rpc_timeout)
+            if not snap.exists:
+                return False
+            stored = self._open_stored(parse_session_document(snap.to_dict() or {}, self.where))
+            if not stored.needs_rewrite:
+                return False
+            fields = {"auth_key": self._seal_auth_key(stored.header.auth_key), "updated_at": _now()}
+            try:
+                self.doc.update(
+                    fields,
+                    option=self.client.write_option(last_update_time=snap.update_time),
+                    retry=self._retry,
+                    timeout=self._rpc_timeout,
+                )
+            except FailedPrecondition:
+                continue  # written meanwhile: read it again
+            return True
+        raise SessionStoreError(f"cannot re-seal {self.where}: it changed on every attempt")
+
+    def _resealed_entity(self, doc_id: str, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The fields to update in an entity document, or ``None`` if it is current."""
+        cipher = self.cipher
+        assert cipher is not None
+        if data is None:
+            return None
+        values = [data.get(f) for f in PII_FIELDS]
+        old_key = any(isinstance(v, bytes) and cipher.needs_reseal(v) for v in values)
+        plaintext = self.encrypt_pii and any(isinstance(v, str) for v in values)
+        if not (old_key or plaintext):
+            return None
+        row = self._entity_row(doc_id, data)
+        if row is None:
+            return None
+        fields: dict[str, Any] = {}
+        for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
+            if value is not None and (isinstance(data.get(f), bytes) or self.encrypt_pii):
+                fields[f] = cipher.seal_text(value, where=self._context, field=f"{ENTITIES}/{row.id}/{f}")
+                fields[f"{f}_bi"] = cipher.blind_index(value, where=self._context, field=f)
+        return fields
+
+    def _reseal_entities(self) -> int:
+        from google.api_core.exceptions import FailedPrecondition
+
+        todo = [
+            (snap, fields)
+            for snap in self.doc.collection(ENTITIES).stream(retry=self._retry, timeout=self._rpc_timeout)
+            if (fields := self._resealed_entity(snap.id, snap.to_dict())) is not None
+        ]
+        written = 0
+        for start in range(0, len(todo), MAX_WRITES_PER_COMMIT):
+            chunk = todo[start : start + MAX_WRITES_PER_COMMIT]
+            for _ in range(_RESEAL_ATTEMPTS):
+                if not chunk:
+                    break
+                batch = self.client.batch()
+                for snap, fields in chunk:
+                    batch.update(
+                        snap.reference, fields, option=self.client.write_option(last_update_time=snap.update_time)
+                    )
+                try:
+                    batch.commit(retry=self._retry, timeout=self._rpc_timeout)
+                except FailedPrecondition:
+                    # One of them was written meanwhile: read the chunk again.
+                    snaps = self.client.get_all(
+                        [snap.reference for snap, _ in chunk], retry=self._retry, timeout=self._rpc_timeout
+                    )
+                    chunk = [
+                        (snap, fields)
+                        for snap in snaps
+                        if snap.exists and (fields := self._resealed_entity(snap.id, snap.to_dict())) is not None
+                    ]
+                    continue
+                written += len(chunk)
+                break
+            else:
+                raise SessionStoreError(f"cannot re-seal the entities of {self.where}: they changed on every attempt")
+        return written
+
+
+_RESEAL_ATTEMPTS = 5
+
+
+def rotate_firestore_sessions(
+    client: firestore.Client,
+    bot_id: str,
+    cipher: SessionCipher,
+    user_id: str | int | None = None,
+    *,
+    encrypt_pii: bool = False,
+    rpc_timeout: float = 30.0,
+) -> int:
+    """Re-seal one session (``user_id``) or every session of ``bot_id`` with ``cipher``'s current key.
+
+    Run it after every process has the new key as ``SESSION_ENCRYPTION_KEY`` and
+    the previous one in ``SESSION_ENCRYPTION_OLD_KEYS``; afterwards the old key can
+    be dropped. It also seals plaintext auth keys (turning encryption on for
+    sessions that were written without it), and with ``encrypt_pii`` plaintext
+    entity fields. Safe to run while sessions are in use, and again after an
+    interruption: only documents that are not current are rewritten, each only
+    if it did not change since it was read.
+
+    :returns: how many sessions had at least one document rewritten.
+    :raises SessionError: sessions that fail (a value that does not open, a
+        document in the original system's format) are logged and skipped; once
+        the others are done, the first failure is raised.
+    """
+    if user_id is not None:
+        keys = [SessionKey(bot_id, user_id)]
+    else:
+        sessions = client.collection("bots").document(SessionKey(bot_id, "_").bot_id).collection("user_sessions")
+        keys = []
+        for ref in sessions.list_documents():
+            try:
+                keys.append(SessionKey(bot_id, ref.id))
+            except SessionError:
+                log.warning("rotate: skipping session document %r, whose id is not a valid user_id", ref.id)
+    rotated = 0
+    failures: list[SessionError] = []
+    for key in keys:
+        store = FirestoreStore(key, client, rpc_timeout=rpc_timeout, cipher=cipher, encrypt_pii=encrypt_pii)
+        try:
+            written = store.reseal()
+        except SessionError as exc:
+            log.warning("rotate: %s was not re-sealed: %s", store.where, exc)
+            failures.append(exc)
+            continue
+        if written:
+            rotated += 1
+            log.info("rotate: re-sealed %d document(s) of %s with key %s", written, store.where, cipher.key_id)
+    if failures:
+        log.warning("rotate: %d session(s) re-sealed, %d failed", rotated, len(failures))
+        raise failures[0]
+    return rotated
+
 
 class FirestoreSession(SessionCore):
     """A Telethon session stored in Firestore under ``bots/{bot_id}/user_sessions/{user_id}``.
@@ -354,12 +603,25 @@ class FirestoreSession(SessionCore):
     * Entities not in memory are looked up lazily (one point read or one query,
       bounded by ``lookup_timeout``); the answer is cached, misses included.
 
+    Encryption at rest (``cipher``): the auth key is sealed on its way into
+    Firestore and opened when the session is created; a plaintext one, or one
+    sealed with an old key, is re-sealed by the next ``save()``. With
+    ``encrypt_pii=True`` usernames, phone numbers and display names of entities
+    are sealed as well and looked up through blind indexes. Sealing happens only
+    in the store (on ``save()``, in the background writer and in lazy lookups),
+    never on the hot path.
+
     :param user_id: the user whose session this is (str or int).
     :param bot_id: the bot (or application) the user belongs to.
     :param client: an existing ``google.cloud.firestore.Client`` (e.g. from ``firebase_admin``).
     :param project: the Google Cloud project, when no ``client`` is given
         (default: ``GOOGLE_CLOUD_PROJECT``).
+    :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`
+        (e.g. ``SessionCipher.from_env()``), or ``None`` to store plaintext.
+    :param encrypt_pii: also seal entity usernames, phone numbers and names (needs ``cipher``).
     :raises InvalidSessionIdError: for a ``user_id``/``bot_id`` that could escape its place.
+    :raises SessionDecryptionError: if the stored auth key cannot be opened (wrong or
+        missing key, tampered, or copied from another session); nothing is written.
     :raises SchemaVersionError: if the document was written by a newer version.
     :raises SessionCorruptError: if the document has the wrong shape.
     :raises SessionStoreError: if Firestore cannot be read.
@@ -376,12 +638,23 @@ class FirestoreSession(SessionCore):
         close_timeout: float = 10.0,
         rpc_timeout: float = 10.0,
         lookup_timeout: float = 2.0,
+        cipher: SessionCipher | None = None,
+        encrypt_pii: bool = False,
     ) -> None:
         key = SessionKey(bot_id, user_id)
+        if encrypt_pii and cipher is None:
+            raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         if client is None:
             client = make_client(project)
         self.key = key
-        store = FirestoreStore(key, client, rpc_timeout=rpc_timeout, lookup_timeout=lookup_timeout)
+        store = FirestoreStore(
+            key,
+            client,
+            rpc_timeout=rpc_timeout,
+            lookup_timeout=lookup_timeout,
+            cipher=cipher,
+            encrypt_pii=encrypt_pii,
+        )
         self._firestore = store
         super().__init__(store, flush_interval=flush_interval, close_timeout=close_timeout)
 
