@@ -52,6 +52,7 @@ __all__ = [
 ENV_KEY = "SESSION_ENCRYPTION_KEY"
 #: Environment variable holding retired keys, comma-separated, still accepted for opening.
 ENV_OLD_KEYS = "SESSION_ENCRYPTION_OLD_KEYS"
+# Both may name a file instead: SESSION_ENCRYPTION_KEY_FILE, SESSION_ENCRYPTION_OLD_KEYS_FILE.
 
 KEY_SIZE = 32
 MAGIC = b"TFS"
@@ -110,6 +111,22 @@ def _parse_key(value: bytes | str, name: str, label: str = "") -> bytes:
             )
         return raw
     raise ConfigError(name, f"{label}must be bytes or str, not {type(value).__name__}")
+
+
+def _setting(env: Mapping[str, str], name: str) -> tuple[str, str]:
+    """The stripped value of ``name``, or of the file named by ``name_FILE``; and which variable it came from."""
+    file_var = f"{name}_FILE"
+    text = env.get(name, "").strip()
+    path = env.get(file_var, "").strip()
+    if text and path:
+        raise ConfigError(name, f"is set and so is {file_var}; set only one of them")
+    if not path:
+        return text, name
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip(), file_var
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file_var, f"cannot read {path!r} ({type(exc).__name__})") from None
 
 
 class _Key:
@@ -173,23 +190,26 @@ class SessionCipher:
 
         Returns ``None`` when ``SESSION_ENCRYPTION_KEY`` is unset or empty (no
         encryption). ``SESSION_ENCRYPTION_OLD_KEYS`` is a comma-separated list of
-        retired keys.
+        retired keys. Either may instead name a file that holds it, through
+        ``SESSION_ENCRYPTION_KEY_FILE`` / ``SESSION_ENCRYPTION_OLD_KEYS_FILE``
+        (e.g. a Render secret file, ``/etc/secrets/session_key``).
 
         :raises ConfigError: naming the variable (never its value) if a key is
-            malformed, or if old keys are set without a current key.
+            malformed or its file unreadable, if both a variable and its
+            ``_FILE`` form are set, or if old keys are set without a current key.
         """
         env = os.environ if environ is None else environ
-        text = env.get(ENV_KEY, "").strip()
-        old_text = env.get(ENV_OLD_KEYS, "").strip()
+        text, key_var = _setting(env, ENV_KEY)
+        old_text, old_var = _setting(env, ENV_OLD_KEYS)
         if not text:
             if old_text:
                 raise ConfigError(
-                    ENV_KEY, f"is not set but {ENV_OLD_KEYS} is; set the current key too (old keys only open values)"
+                    ENV_KEY, f"is not set but {old_var} is; set the current key too (old keys only open values)"
                 )
             return None
-        key = _parse_key(text, ENV_KEY)
+        key = _parse_key(text, key_var)
         olds = [
-            _parse_key(part, ENV_OLD_KEYS, f"entry {i} ")
+            _parse_key(part, old_var, f"entry {i} ")
             for i, part in enumerate((p.strip() for p in old_text.split(",")), start=1)
             if part
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -217,6 +218,30 @@ def test_bad_keys_name_the_variable_and_never_echo_the_value(bad: str) -> None:
     assert "entry 2" in str(info.value)
     for text in (bad.strip(), KEY_A, KEY_B):
         assert text not in str(info.value)
+
+
+def test_from_env_reads_secret_files(tmp_path: Path) -> None:
+    key_file = tmp_path / "session_key"
+    key_file.write_text(KEY_B + "\n")
+    old_file = tmp_path / "old_keys"
+    old_file.write_text(KEY_A)
+    c = SessionCipher.from_env({f"{ENV_KEY}_FILE": str(key_file), f"{ENV_OLD_KEYS}_FILE": str(old_file)})
+    assert c is not None
+    assert c.key_ids == (SessionCipher(RAW_B).key_id, SessionCipher(RAW_A).key_id)
+    # An empty file is no key, like an empty variable.
+    (tmp_path / "empty").write_text("\n")
+    assert SessionCipher.from_env({f"{ENV_KEY}_FILE": str(tmp_path / "empty")}) is None
+    # Errors name the _FILE variable, never the contents.
+    (tmp_path / "bad").write_text("not-a-key-at-all")
+    with pytest.raises(ConfigError) as info:
+        SessionCipher.from_env({f"{ENV_KEY}_FILE": str(tmp_path / "bad")})
+    assert info.value.variable == f"{ENV_KEY}_FILE" and "not-a-key-at-all" not in str(info.value)
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        SessionCipher.from_env({f"{ENV_KEY}_FILE": str(tmp_path / "missing")})
+    assert info.value.variable == f"{ENV_KEY}_FILE"
+    with pytest.raises(ConfigError, match="set only one") as info:
+        SessionCipher.from_env({ENV_KEY: KEY_A, f"{ENV_KEY}_FILE": str(key_file)})
+    assert KEY_A not in str(info.value) and KEY_B not in str(info.value)
 
 
 def test_old_keys_without_a_current_key() -> None:
