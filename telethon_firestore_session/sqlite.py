@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -184,15 +185,15 @@ def _bot_dir(sessions_dir: str | os.PathLike[str], bot_id: object) -> tuple[Path
 
 
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
-    """``{sessions_dir}/{bot_id}/user_{user_id}.session``, resolved and checked to stay inside ``sessions_dir``.
+    """``{sessions_dir}/{bot_id}/user_{user_id}.session`` (absolute).
 
-    :raises InvalidSessionIdError: if an id is invalid or the path (through a symbolic
-        link) leads outside ``sessions_dir``.
+    :raises InvalidSessionIdError: if an id is invalid, the bot directory (through a
+        symbolic link) lies outside ``sessions_dir``, or the session file is a symbolic link.
     """
     _, bot_dir = _bot_dir(sessions_dir, key.bot_id)
-    path = (bot_dir / f"user_{key.user_id}{SESSION_SUFFIX}").resolve()
-    if path.parent != bot_dir:
-        raise InvalidSessionIdError(f"session {key}: {path} resolves outside the bot directory {bot_dir}")
+    path = bot_dir / f"user_{key.user_id}{SESSION_SUFFIX}"
+    if path.is_symlink():
+        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
     return path
 
 
@@ -445,8 +446,9 @@ class SQLiteStore(Store):
         self.where = f"sqlite:{self.path}"
         self._lock = threading.RLock()
         self._handle: _Handle | None = None
-        self._metadata_due = False
-        self._metadata_at = 0.0
+        self._metadata_due = False  # written since metadata.json was last refreshed
+        self._wrote = False  # written since the file was opened (close() records the final size)
+        self._metadata_at = -math.inf
         #: Seconds between metadata.json refreshes caused by ``write_changes`` alone.
         self.metadata_interval = 30.0
         #: Transactions committed by ``write_changes`` (one per call).
@@ -456,7 +458,7 @@ class SQLiteStore(Store):
 
     def _check_path(self) -> None:
         if session_path(self.sessions_dir, self.key) != self.path:
-            raise InvalidSessionIdError(f"session {self.key}: {self.path} no longer resolves to itself")
+            raise InvalidSessionIdError(f"session {self.key}: {self.path} now resolves elsewhere")
 
     def _lock_file(self) -> tuple[int, str]:
         flock = _require_flock()
@@ -604,7 +606,8 @@ class SQLiteStore(Store):
             handle, self._handle = self._handle, None
             if handle is not None:
                 handle.close()  # SQLite checkpoints and removes -wal/-shm here
-            if self._metadata_due:
+            if self._metadata_due or self._wrote:
+                self._wrote = False
                 self._refresh_metadata()
 
     # -- auth key encoding (the hook for a cipher) ------------------------------------------
@@ -704,15 +707,14 @@ class SQLiteStore(Store):
 
     def iter_entities(self) -> Iterator[EntityRow]:
         """Every stored entity, read in pages of 1,000 (the lock is not held between pages)."""
-        last = None
+        last = -(2**63)  # the smallest SQLite integer
         while True:
             with self._lock:
                 rows = (
                     self._conn()
                     .execute(
-                        "select id, hash, username, phone, name, date from entities "
-                        "where ? is null or id > ? order by id limit ?",
-                        (last, last, _PAGE),
+                        "select id, hash, username, phone, name, date from entities where id > ? order by id limit ?",
+                        (last, _PAGE),
                     )
                     .fetchall()
                 )
@@ -773,7 +775,7 @@ class SQLiteStore(Store):
                     conn.execute("pragma synchronous=normal")
         except sqlite3.Error as exc:
             raise SessionStoreError(f"cannot write {self.where}: {type(exc).__name__}: {exc}") from exc
-        self._metadata_due = True
+        self._wrote = True
         self._refresh_metadata()
 
     def write_changes(self, changes: Changes) -> None:
@@ -807,7 +809,7 @@ class SQLiteStore(Store):
                 conn.execute("rollback")
                 raise
             self.commits += 1
-            self._metadata_due = True
+            self._metadata_due = self._wrote = True
         if time.monotonic() - self._metadata_at >= self.metadata_interval:
             self._refresh_metadata()
 
@@ -836,7 +838,7 @@ class SQLiteStore(Store):
                 raise SessionStoreError(f"cannot delete {self.where}: {type(exc).__name__}: {exc}") from exc
             finally:
                 handle.close()
-            self._metadata_due = False
+            self._metadata_due = self._wrote = False
             try:
                 _update_metadata(self.bot_dir, self.key.user_id, self.path, remove=True)
             except Exception as exc:  # noqa: BLE001 - the file is gone; the index is rebuilt from files

@@ -661,9 +661,17 @@ def test_symlinks_out_of_sessions_dir_are_rejected(tmp_path: Path, sdir: Path) -
         ScopedSQLiteSession("42", bot_id="evil", sessions_dir=sdir)
     (sdir / BOT).mkdir()
     (sdir / BOT / "user_43.session").symlink_to(outside / "stolen.session")
-    with pytest.raises(InvalidSessionIdError, match="outside"):
+    with pytest.raises(InvalidSessionIdError, match="symbolic link"):
         ScopedSQLiteSession("43", bot_id=BOT, sessions_dir=sdir)
     assert list(outside.iterdir()) == []
+    # A link to another user's file of the same bot would hand over that user's login.
+    s = ScopedSQLiteSession("42", bot_id=BOT, sessions_dir=sdir)
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    s.close()
+    (sdir / BOT / "user_44.session").symlink_to(sdir / BOT / "user_42.session")
+    with pytest.raises(InvalidSessionIdError, match="symbolic link"):
+        ScopedSQLiteSession("44", bot_id=BOT, sessions_dir=sdir)
 
 
 def test_files_and_directories_are_private(opener: Opener, sdir: Path) -> None:
@@ -727,6 +735,16 @@ def test_metadata_entries(opener: Opener, sdir: Path) -> None:
     assert later["size"] == os.stat(s.path).st_size > first["size"] > 0
     listed = list_sqlite_sessions(sdir, BOT)
     assert listed == [later]
+
+    again = opener()
+    again._sqlite.metadata_interval = 0.0  # refresh on every flush
+    again.process_entities(users(2000, start=10_000))
+    assert again.flush(10.0)
+    wal = os.stat(f"{again.path}-wal").st_size
+    assert read_metadata(sdir, BOT)["42"]["size"] == os.stat(again.path).st_size + wal
+    again.close()  # the WAL is checkpointed away; the entry records the final size
+    assert read_metadata(sdir, BOT)["42"]["size"] == os.stat(again.path).st_size
+    assert not Path(f"{again.path}-wal").exists()
 
 
 def test_list_reconciles_metadata_with_files(opener: Opener, sdir: Path) -> None:
