@@ -60,6 +60,7 @@ from .errors import SessionCorruptError, SessionError, SessionStoreError
 if TYPE_CHECKING:
     from google.cloud import firestore
 
+    from .crypto import SessionCipher
     from .firestore import FirestoreStore
 
 __all__ = [
@@ -83,10 +84,12 @@ __all__ = [
     "export_string_session",
     "import_legacy_documents",
     "import_session_files",
+    "import_snapshots",
     "import_string_session",
     "read_session",
     "read_session_file",
     "read_string_session",
+    "session_files",
     "user_id_from_filename",
 ]
 
@@ -1092,7 +1095,13 @@ class _FirestoreTarget(_Target):
 
         fields: dict[str, Any] = {LEGACY_FIELD: firestore.DELETE_FIELD}
         if self.keep_backup:
-            fields[LEGACY_BACKUP_FIELD] = self.legacy[LEGACY_FIELD]
+            backup = self.legacy[LEGACY_FIELD]
+            cipher = getattr(self.store, "cipher", None)
+            if cipher is not None:
+                # With encryption on, the backup (which holds the auth key) is sealed too.
+                raw = backup.encode("utf-8") if isinstance(backup, str) else bytes(backup)
+                backup = cipher.seal(raw, where=str(self.store.key), field=LEGACY_BACKUP_FIELD)
+            fields[LEGACY_BACKUP_FIELD] = backup
             fields["legacy_imported_at"] = datetime.datetime.now(_UTC)
         return fields
 
@@ -1123,6 +1132,8 @@ class _FirestoreTarget(_Target):
 class FirestoreDestination(Destination):
     """Firestore sessions of one bot, written in shared batches of at most 500 writes.
 
+    With a ``cipher`` the auth keys (and, with ``encrypt_pii``, usernames, phones and
+    names) are sealed exactly as ``FirestoreSession(cipher=...)`` seals them.
     Memory holds one session's records plus one batch. Each session costs one read
     of its document (two more queries when it has to be merged). A session is
     reported once all its writes are committed; a failed commit reports each session
@@ -1136,6 +1147,8 @@ class FirestoreDestination(Destination):
         *,
         batch_size: int = 500,
         rpc_timeout: float = 30.0,
+        cipher: SessionCipher | None = None,
+        encrypt_pii: bool = False,
         store_factory: Callable[[SessionKey], FirestoreStore] | None = None,
     ) -> None:
         from google.api_core import retry as retries
@@ -1146,7 +1159,12 @@ class FirestoreDestination(Destination):
             raise ValueError(f"batch_size must be between 1 and {MAX_WRITES_PER_COMMIT}")
         self.client = client
         self.bot_id = bot_id
-        self._store_factory = store_factory or (lambda key: FirestoreStore(key, client, rpc_timeout=rpc_timeout))
+        sealing: dict[str, Any] = {}
+        if cipher is not None:
+            sealing = {"cipher": cipher, "encrypt_pii": encrypt_pii}
+        self._store_factory = store_factory or (
+            lambda key: FirestoreStore(key, client, rpc_timeout=rpc_timeout, **sealing)
+        )
         retry = retries.Retry(initial=0.2, maximum=5.0, multiplier=2.0, timeout=rpc_timeout)
         self._batcher = _Batcher(client, batch_size, retry, rpc_timeout)
         self._pending: dict[int, ImportItem] = {}
@@ -1240,7 +1258,8 @@ def user_id_from_filename(path: str | os.PathLike[str]) -> str:
     return stem
 
 
-def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+def session_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The files to import: each file as given, and every ``*.session`` file directly in each directory."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: list[Path] = []
     for item in items:
@@ -1252,15 +1271,28 @@ def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) ->
     return out
 
 
-def _run(
-    sources: Iterable[tuple[str, str | None, Callable[[], SessionSnapshot]]],
-    total: int | None,
+#: One source of a bulk import: ``(description, user id, read)``; ``read()`` returns the snapshot.
+Source = tuple[str, "str | None", Callable[[], SessionSnapshot]]
+
+
+def import_snapshots(
+    sources: Iterable[Source],
     destination: Destination,
     *,
-    overwrite: bool,
-    progress: ProgressCallback | None,
-    report: BulkReport | None,
+    total: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    report: BulkReport | None = None,
 ) -> BulkReport:
+    """Copy many sessions into ``destination``, one at a time; the engine of every bulk import.
+
+    Each source is read only when its turn comes, so memory holds one session
+    (plus, for Firestore, one batch of writes). A source that cannot be read or
+    written is reported as failed and the others go on. ``progress(done, total,
+    item)`` is called as each outcome becomes final. Pass ``report`` to have it
+    filled in as the import goes, so that it is complete up to the point where a
+    ``KeyboardInterrupt`` stopped it.
+    """
     report = report if report is not None else BulkReport()
     start = time.monotonic()
     done = 0
@@ -1313,7 +1345,7 @@ def import_session_files(
     Pass ``report`` to have it filled in as the import goes (useful when the run
     may be interrupted).
     """
-    files = _expand(paths)
+    files = session_files(paths)
     if user_id is not None and len(files) != 1:
         raise ValueError("user_id can only be given for a single file")
 
@@ -1321,7 +1353,9 @@ def import_session_files(
         for f in files:
             yield str(f), user_id or user_id_from_filename(f), functools.partial(read_session_file, f)
 
-    return _run(sources(), len(files), destination, overwrite=overwrite, progress=progress, report=report)
+    return import_snapshots(
+        sources(), destination, total=len(files), overwrite=overwrite, progress=progress, report=report
+    )
 
 
 def import_string_session(
@@ -1333,12 +1367,11 @@ def import_string_session(
     report: BulkReport | None = None,
 ) -> BulkReport:
     """Import one ``StringSession`` string as the session of ``user_id``."""
-    return _run(
-        [("string", user_id, lambda: read_string_session(string))],
-        1,
+    return import_snapshots(
+        [("string", user_id, functools.partial(read_string_session, string))],
         destination,
+        total=1,
         overwrite=overwrite,
-        progress=None,
         report=report,
     )
 
@@ -1350,6 +1383,8 @@ def import_legacy_documents(
     user_ids: Iterable[str] | None = None,
     overwrite: bool = False,
     keep_backup: bool = True,
+    cipher: SessionCipher | None = None,
+    encrypt_pii: bool = False,
     batch_size: int = 500,
     page_size: int = 100,
     progress: ProgressCallback | None = None,
@@ -1364,14 +1399,17 @@ def import_legacy_documents(
     and sent files in the new layout, in the same document and its subcollections.
     In the same write as the header, ``session_data`` is moved to
     ``legacy_session_data`` (with ``legacy_imported_at``), so the original is kept
-    as a backup; ``keep_backup=False`` drops it instead. Note that the backup holds
-    the auth key in the clear, as the original did.
+    as a backup; ``keep_backup=False`` drops it instead. The backup holds the auth
+    key; with a ``cipher`` it is sealed (bound to the session and the field
+    ``legacy_session_data``), without one it stays in the clear, as the original was.
 
     Documents already in the new layout without ``session_data`` are not touched.
     Running it again is safe. Pages through the collection ``page_size`` documents
     at a time; ``user_ids`` restricts it to those users (one read each).
     """
-    dest = destination or FirestoreDestination(client, bot_id, batch_size=batch_size)
+    dest = destination or FirestoreDestination(
+        client, bot_id, batch_size=batch_size, cipher=cipher, encrypt_pii=encrypt_pii
+    )
     col = client.collection("bots").document(bot_id).collection("user_sessions")
     fields = [LEGACY_FIELD, "schema_version"]
 
@@ -1418,4 +1456,4 @@ def import_legacy_documents(
         def account(self, report: BulkReport) -> None:
             dest.account(report)
 
-    return _run(sources(), None, _LegacyDestination(), overwrite=overwrite, progress=progress, report=report)
+    return import_snapshots(sources(), _LegacyDestination(), overwrite=overwrite, progress=progress, report=report)

@@ -22,8 +22,9 @@ from telethon.crypto import AuthKey
 from telethon.sessions import MemorySession, SQLiteSession, StringSession
 from telethon.tl import types
 
-from telethon_firestore_session import FirestoreSession, SessionCorruptError
+from telethon_firestore_session import FirestoreSession, SessionCorruptError, SessionDecryptionError
 from telethon_firestore_session._core import SessionCore
+from telethon_firestore_session.crypto import SessionCipher, generate_key, is_sealed
 from telethon_firestore_session.migrate import (
     COPIED,
     FAILED,
@@ -48,6 +49,7 @@ from telethon_firestore_session.migrate import (
     read_string_session,
     user_id_from_filename,
 )
+from telethon_firestore_session.sqlite import ScopedSQLiteSession
 from tests.emulator import Emulator
 
 UTC = datetime.timezone.utc
@@ -142,6 +144,8 @@ class Kinds:
         elif kind == "firestore":
             client = self.request.getfixturevalue("firestore_client")
             s = FirestoreSession(name, bot_id=self.request.getfixturevalue("bot_id"), client=client)
+        elif kind == "local":
+            s = ScopedSQLiteSession(name, bot_id="bot", sessions_dir=self.tmp_path / "sessions")
         else:
             raise AssertionError(kind)
         self.opened.append(s)
@@ -155,6 +159,9 @@ class Kinds:
         elif kind == "firestore":
             s.close()
             again = FirestoreSession(s.user_id, bot_id=s.bot_id, client=s._firestore.client)
+        elif kind == "local":
+            s.close()
+            again = ScopedSQLiteSession(s.user_id, bot_id=s.bot_id, sessions_dir=self.tmp_path / "sessions")
         else:
             return s
         self.opened.append(again)
@@ -174,7 +181,7 @@ def kinds(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kinds]:
         k.close()
 
 
-KINDS = ["memory", "core", "sqlite", "firestore"]
+KINDS = ["memory", "core", "sqlite", "local", "firestore"]
 
 
 @pytest.mark.parametrize("dst_kind", KINDS)
@@ -182,8 +189,9 @@ KINDS = ["memory", "core", "sqlite", "firestore"]
 def test_copy_session_round_trip_field_by_field(kinds: Kinds, src_kind: str, dst_kind: str) -> None:
     src = kinds.open(src_kind)
     populate(src)
-    if src_kind == "firestore":
-        src = kinds.reopen(src_kind, src)  # read back from the emulator, not from memory
+    if src_kind in ("firestore", "local"):
+        src.flush()
+        src = kinds.reopen(src_kind, src)  # read back from the store, not from memory
     dst = kinds.open(dst_kind)
     report = copy_session(src, dst)
     assert report.status == COPIED
@@ -646,3 +654,33 @@ def test_overwrite_into_our_session_keeps_the_object_usable(firestore_client: An
         assert 77 in ids and 1100 not in ids and 1200 in ids  # seed 1's users are gone
     finally:
         again.close()
+
+
+def test_imports_with_a_cipher_seal_the_auth_key_and_the_legacy_backup(
+    tmp_path: Path, firestore_client: Any, bot_id: str
+) -> None:
+    cipher = SessionCipher(generate_key())
+    path = telethon_file(tmp_path / "user_1")
+    report = import_session_files(path, FirestoreDestination(firestore_client, bot_id, cipher=cipher))
+    assert report.counts() == {COPIED: 1}
+    raw = firestore_client.document(f"bots/{bot_id}/user_sessions/1").get().to_dict()
+    assert is_sealed(raw["auth_key"]) and key_for(0) not in raw["auth_key"]
+    s = FirestoreSession("1", bot_id=bot_id, client=firestore_client, cipher=cipher)
+    try:
+        assert summary(read_session(s)) == expected()
+    finally:
+        s.close()
+    with pytest.raises(SessionDecryptionError):
+        FirestoreSession("1", bot_id=bot_id, client=firestore_client)
+    # Merging into a sealed session compares the opened keys: a re-run is unchanged.
+    again = import_session_files(path, FirestoreDestination(firestore_client, bot_id, cipher=cipher))
+    assert again.counts() == {UNCHANGED: 1}
+
+    data = base64.b64encode(path.read_bytes()).decode()
+    seed_doc(firestore_client, bot_id, "2", data)
+    assert import_legacy_documents(firestore_client, bot_id, cipher=cipher).counts() == {COPIED: 1}
+    raw = firestore_client.document(f"bots/{bot_id}/user_sessions/2").get().to_dict()
+    backup = raw[LEGACY_BACKUP_FIELD]
+    assert isinstance(backup, bytes) and data.encode() not in backup
+    assert cipher.open(backup, where=f"{bot_id}/2", field=LEGACY_BACKUP_FIELD) == data.encode()
+    assert is_sealed(raw["auth_key"])
