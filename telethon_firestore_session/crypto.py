@@ -92,13 +92,14 @@ def _parse_key(value: bytes | str, name: str, label: str = "") -> bytes:
         text = value.strip()
         if not text:
             raise ConfigError(name, f"{label}is empty")
+        # urlsafe base64 (what keygen prints); the standard alphabet is accepted too.
+        text = text.replace("+", "-").replace("/", "_")
         try:
             raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError(
                 name,
-                f"{label}is not urlsafe base64 text; generate a key with "
-                "`python -m telethon_firestore_session.crypto keygen`",
+                f"{label}is not base64 text; generate a key with `python -m telethon_firestore_session.crypto keygen`",
             ) from None
         if len(raw) != KEY_SIZE:
             raise ConfigError(name, f"{label}must decode to {KEY_SIZE} bytes, got {len(raw)}")

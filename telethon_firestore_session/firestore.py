@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from telethon.tl import types
 
 from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
-from ._ids import SessionKey
+from ._ids import SessionKey, validate_id
 from .crypto import SessionCipher, is_sealed
 from .errors import (
     ConfigError,
@@ -560,7 +560,7 @@ def rotate_firestore_sessions(
     if user_id is not None:
         keys = [SessionKey(bot_id, user_id)]
     else:
-        sessions = client.collection("bots").document(SessionKey(bot_id, "_").bot_id).collection("user_sessions")
+        sessions = client.collection("bots").document(validate_id("bot_id", bot_id)).collection("user_sessions")
         keys = []
         for ref in sessions.list_documents():
             try:

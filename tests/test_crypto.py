@@ -74,8 +74,12 @@ def test_raw_and_text_keys_are_the_same_key() -> None:
     by_raw, by_text = SessionCipher(RAW_A), SessionCipher(KEY_A)
     assert by_raw.key_id == by_text.key_id
     assert by_text.open(by_raw.seal(b"x", where=WHERE, field="f"), where=WHERE, field="f") == b"x"
-    # Padding is optional in the text form.
+    # Padding is optional in the text form, and the standard base64 alphabet works too.
     assert SessionCipher(KEY_A.rstrip("=")).key_id == by_raw.key_id
+    raw = bytes([0xFB, 0xFF] * 16)
+    standard, urlsafe = base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()
+    assert "+" in standard and "/" in standard and standard != urlsafe
+    assert SessionCipher(standard).key_id == SessionCipher(urlsafe).key_id == SessionCipher(raw).key_id
 
 
 def test_text_round_trip() -> None:
@@ -202,7 +206,8 @@ BAD_VALUES = [
     "not base64!",
     base64.urlsafe_b64encode(bytes(16)).decode(),  # 16 bytes: AES-128 is not enough
     base64.urlsafe_b64encode(bytes(range(33))).decode(),
-    base64.b64encode(bytes(range(250, 256)) * 6)[:43].decode().replace("-", "+") + "/",  # standard, not urlsafe
+    KEY_A + "AAAA",
+    KEY_A[:-2] + "!=",
 ]
 
 
