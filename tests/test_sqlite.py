@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sqlite3
@@ -831,12 +832,14 @@ def test_sigkill_during_metadata_writes_loses_nothing(
         )
         try:
             assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 30.0)
+            assert ready, "the child did not start writing within 30 s"
             assert proc.stdout.readline().strip() == "READY"
             time.sleep(delay)
         finally:
             proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, err
         data = json.loads(meta.read_text())  # always a whole file, never a torn one
         assert set(data) == set(uids)
         assert not caplog.records
