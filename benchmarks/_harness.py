@@ -195,6 +195,10 @@ class Measurement:
             return percentile(self.samples, 99)
         if name == "max":
             return max(self.samples)
+        if name == "cpu":
+            return float(statistics.median(self.extra["cpu"]))
+        if name == "cpu_p99":
+            return percentile(self.extra["cpu"], 99)
         raise ValueError(name)
 
 
@@ -220,6 +224,13 @@ class Workload:
 
     def row(self, impl: str) -> Measurement | None:
         return next((m for m in self.rows if m.impl == impl), None)
+
+    def paired_ratio(self, impl: str, baseline: str) -> float | None:
+        """Median of per-repeat ratios (both measured back to back in each repeat): drift cancels out."""
+        a, b = self.row(impl), self.row(baseline)
+        if a is None or b is None or len(a.samples) != len(b.samples):
+            return None
+        return statistics.median(x / y for x, y in zip(a.samples, b.samples, strict=True) if y > 0)
 
     def ratio(self, impl: str, baseline: str, stat: str | None = None) -> float | None:
         a, b = self.row(impl), self.row(baseline)
@@ -284,13 +295,13 @@ def print_workload(w: Workload) -> None:
     print(f"== {w.title}")
     header = f"{'implementation':<28}" + "".join(f"{c:>12}" for c in w.columns)
     present = [b for b in w.baselines if w.row(b) is not None]
-    header += "".join(f"{'x ' + b.replace('Session', ''):>12}" for b in present)
+    header += "".join(f"  {'x ' + b.replace('Session', ''):>12}" for b in present)
     print(header + "  notes")
     for m in w.rows:
         line = f"{m.impl:<28}" + "".join(f"{fmt_time(m.stat(c)):>12}" for c in w.columns)
         for b in present:
             r = w.ratio(m.impl, b)
-            line += f"{(f'{r:.2f}' if r is not None else '-'):>12}"
+            line += f"  {(f'{r:.2f}' if r is not None else '-'):>12}"
         print(line + (f"  {m.notes}" if m.notes else ""))
     for note in w.notes:
         print(f"   {note}")

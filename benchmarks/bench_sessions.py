@@ -371,11 +371,12 @@ def bench_save(ctx: Context, impls: list[Impl], pop: Population, iterations: int
         "save_entities",
         f"save() after 20 new users (header unchanged), {iterations} calls",
         "median",
-        columns=("median", "p99", "max"),
+        columns=("median", "p99", "max", "cpu_p99"),
         baselines=("SQLiteSession",),
     )
     sync = SyncRpcs(ctx)
     samples: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     batches = pop.batches[:iterations]
     # Interleave implementations in rounds so that background load is shared.
     live: dict[str, Any] = {}
@@ -397,10 +398,13 @@ def bench_save(ctx: Context, impls: list[Impl], pop: Population, iterations: int
             if s is None:
                 continue
             out = samples.setdefault(impl.name, [])
+            cpu_out = cpu.setdefault(impl.name, [])
             try:
                 for b in batches[r * per_round : (r + 1) * per_round]:
                     s.process_entities(b)
+                    c0 = time.thread_time()
                     dt, _ = sync.measure(impl, s.save)
+                    cpu_out.append(time.thread_time() - c0)
                     out.append(dt)
             except Exception:  # noqa: BLE001
                 _fail(impl, ctx, "save()")
@@ -410,6 +414,7 @@ def bench_save(ctx: Context, impls: list[Impl], pop: Population, iterations: int
         if s is None:
             continue
         extra = sync.info(impl)
+        extra["cpu"] = cpu.get(impl.name, [])
         if impl.firestore:
             t0 = perf()
             ok = s.flush(timeout=120.0)
@@ -418,11 +423,12 @@ def bench_save(ctx: Context, impls: list[Impl], pop: Population, iterations: int
         got = samples.get(impl.name)
         if got:
             note = sync.note(impl)
-            if extra:
+            if impl.firestore:
                 note += f", background writes {extra['writes']}"
             w.rows.append(Measurement(w.key, impl.name, got, 1, note.strip(", "), extra))
     w.notes.append("per call, each after process_entities of 20 new users; SQLiteSession.save() is a commit")
     w.notes.append("Firestore: the background writer commits meanwhile from its own thread (GIL contention included)")
+    w.notes.append("cpu_p99: 99th percentile of the calling thread's CPU time in save() (no waiting of any kind)")
     return w
 
 
@@ -485,6 +491,7 @@ def bench_open_firestore(ctx: Context, n_entities: int, repeats: int) -> tuple[W
         "open_firestore",
         f"open FirestoreSession: 0 vs {size} stored entities",
         "median",
+        columns=("median", "min", "cpu"),
         baselines=("FirestoreSession (0)",),
     )
     users = {"0": f"open0-{ctx.run_id}", size: f"open{size}-{ctx.run_id}"}
@@ -501,6 +508,7 @@ def bench_open_firestore(ctx: Context, n_entities: int, repeats: int) -> tuple[W
         variants.append(("FirestoreSession+cipher (0)", users["enc"], ctx.cipher_kwargs))
     info: dict[str, Any] = {"seed_seconds": seed_s, "stored_entities": stored, "reads": {}, "documents": {}}
     samples: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     reads: dict[str, list[int]] = {}
     docs: dict[str, list[int]] = {}
     FirestoreSession(users["0"], bot_id=BOT, client=ctx.client).close()  # warm the channel
@@ -509,9 +517,10 @@ def bench_open_firestore(ctx: Context, n_entities: int, repeats: int) -> tuple[W
         for label, user, kw in order:
             gc.collect()
             mark, docs0 = ctx.rpc.mark(), ctx.rpc.documents_read
-            t0 = perf()
+            t0, c0 = perf(), time.thread_time()
             s = FirestoreSession(user, bot_id=BOT, client=ctx.client, **kw)
-            dt = perf() - t0
+            dt, dc = perf() - t0, time.thread_time() - c0
+            cpu.setdefault(label, []).append(dc)
             reads.setdefault(label, []).append(ctx.rpc.since(mark, methods=READ_METHODS))
             docs.setdefault(label, []).append(ctx.rpc.documents_read - docs0)
             if s.auth_key is None or s.auth_key.key != AUTH_KEY or len(s.get_update_states()) != 4:
@@ -528,13 +537,19 @@ def bench_open_firestore(ctx: Context, n_entities: int, repeats: int) -> tuple[W
                 samples[label],
                 1,
                 f"reads/open {max(reads[label])} RPC, {max(docs[label])} doc",
-                {"reads": max(reads[label]), "documents": max(docs[label])},
+                {"reads": max(reads[label]), "documents": max(docs[label]), "cpu": cpu[label]},
             )
         )
     w.notes.append(
         f"{repeats} opens each, interleaved; {stored} entity documents stored "
         f"(seeded in {seed_s:.1f} s, 500 per commit)"
     )
+    w.notes.append("cpu: median CPU time of the opening thread (the emulator's time excluded)")
+    base = variants[0][0]
+    for label, _, _ in variants[1:]:
+        w.notes.append(
+            f"paired ratio {label} / {base}: {w.paired_ratio(label, base):.2f}x (median of per-repeat ratios)"
+        )
     return w, info
 
 
