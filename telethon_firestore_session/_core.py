@@ -471,12 +471,37 @@ class SessionCore(Session):  # type: ignore[misc]
         return self._load(("f", field, value), lambda s: s.find_entity(field, value))
 
     def _lookup_ids(self, ids: Sequence[int]) -> tuple[int, _Values] | None:
+        """The first of ``ids`` that exists in memory or in the store (order is preference)."""
         entities = self._entities
+        unknown: list[int] = []  # preferred ids that only the store can rule out
         for eid in ids:
             values = entities.get(eid)
             if values is not None:
+                # A less preferred id in memory must not shadow a preferred one in the store
+                # (a bare id that is a user there and a channel here); ask once, then it is cached.
+                if unknown:
+                    found = self._load_ids(unknown)
+                    if found is not None:
+                        return found
                 return eid, values
-        return self._load(("i", tuple(ids)), lambda s: s.find_entity_by_ids(ids))
+            if self._store is not None and not self._deleted and ("i", (eid,)) not in self._misses:
+                unknown.append(eid)
+        return self._load_ids(unknown) if unknown else None
+
+    def _load_ids(self, ids: Sequence[int]) -> tuple[int, _Values] | None:
+        """Ask the store for the first of ``ids``; every id before the answer is cached as a miss."""
+        store = self._store
+        assert store is not None
+        try:
+            row = store.find_entity_by_ids(ids)
+        except Exception as exc:  # noqa: BLE001 - a failed lookup is a miss, never a crash
+            log.warning("entity lookup in %s failed (%s); treating it as a miss", store.where, type(exc).__name__)
+            return None
+        for eid in ids:
+            if row is not None and eid == row.id:
+                break
+            self._misses.add(("i", (eid,)))
+        return self._adopt(row) if row is not None else None
 
     def _load(self, miss_key: tuple[Any, ...], query: Any) -> tuple[int, _Values] | None:
         store = self._store
@@ -490,10 +515,14 @@ class SessionCore(Session):  # type: ignore[misc]
         if row is None:
             self._misses.add(miss_key)
             return None
-        values: _Values = (row.hash, row.username, row.phone, row.name)
+        return self._adopt(row)
+
+    def _adopt(self, row: EntityRow) -> tuple[int, _Values]:
+        """Keep a row read from the store in memory, unless memory has the entity already (it is newer)."""
         current = self._entities.get(row.id)
-        if current is not None:  # seen meanwhile; memory is newer
+        if current is not None:
             return row.id, current
+        values: _Values = (row.hash, row.username, row.phone, row.name)
         self._put(row.id, values, None, dirty=False)
         return row.id, values
 
