@@ -1,0 +1,53 @@
+"""One contract suite, every backend: the ``session_backend`` and ``store_backend`` fixtures.
+
+Adding a backend is a :class:`~telethon_firestore_session.testing.SessionBackend`
+subclass (a few lines, in ``telethon_firestore_session/testing.py``) and one entry
+in ``_BUILDERS`` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from telethon_firestore_session.testing import (
+    FirestoreBackend,
+    MemorySessionBackend,
+    ScopedSQLiteBackend,
+    SessionBackend,
+    SessionCoreBackend,
+    SQLiteSessionBackend,
+)
+
+_Builder = Callable[[pytest.FixtureRequest, Path], SessionBackend]
+
+_BUILDERS: dict[str, _Builder] = {
+    "firestore": lambda request, tmp: FirestoreBackend(
+        request.getfixturevalue("firestore_client"), request.getfixturevalue("bot_id")
+    ),
+    "scoped-sqlite": lambda request, tmp: ScopedSQLiteBackend(tmp / "sessions", bot_id="contract-bot"),
+    "session-core": lambda request, tmp: SessionCoreBackend(),
+    "telethon-memory": lambda request, tmp: MemorySessionBackend(),
+    "telethon-sqlite": lambda request, tmp: SQLiteSessionBackend(tmp),
+}
+
+#: Backends whose sessions are SessionCore bound to a store (they also run StoreContract).
+_STORE_BACKENDS = ("firestore", "scoped-sqlite")
+
+
+def _param(name: str) -> object:
+    return pytest.param(name, marks=pytest.mark.firestore) if name == "firestore" else name
+
+
+@pytest.fixture(params=[_param(n) for n in _BUILDERS])
+def session_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionBackend]:
+    with _BUILDERS[request.param](request, tmp_path) as backend:
+        yield backend
+
+
+@pytest.fixture(params=[_param(n) for n in _STORE_BACKENDS])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionBackend]:
+    with _BUILDERS[request.param](request, tmp_path) as backend:
+        yield backend
