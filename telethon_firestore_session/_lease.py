@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -53,7 +54,7 @@ log = logging.getLogger("telethon_firestore_session.lease")
 #: Seconds a lease lasts without renewal; a crashed holder's session is free after this.
 DEFAULT_LEASE_TTL = 60.0
 
-_CAS_ATTEMPTS = 5
+_CAS_ATTEMPTS = 8
 
 
 def make_holder_id() -> str:
@@ -127,6 +128,8 @@ class FirestoreLease:
         self.last_error: str | None = None
         self.renewals = 0
         self.failed_renewals = 0
+        #: Renewal writes refused because the document changed after it was read (then retried).
+        self.conflicts = 0
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else ("held" if self.expires_at is not None else "free")
@@ -255,7 +258,11 @@ class FirestoreLease:
                         timeout=timeout,
                     )
                 except (FailedPrecondition, NotFound):
-                    continue  # written meanwhile (the background writer, or a taker): read again
+                    # Written meanwhile (the background writer, or a taker): read again, after a short
+                    # random pause so that a steady writer cannot keep winning.
+                    self.conflicts += 1
+                    time.sleep(random.uniform(0.005, 0.04))  # noqa: S311 - jitter, not security
+                    continue
                 self.expires_at = expires
                 self._renewed = time.monotonic()
                 self.renewals += 1

@@ -465,9 +465,9 @@ class UserSessionManager:
                 self._clients.move_to_end(uid)
                 entry.last_used = time.time()
                 return entry
-            await self._close_entry(entry)
             if entry.lease is not None and entry.lease.lost:
                 self.evictions["lost_lease"] += 1
+            await self._close_entry(entry)
         if record is None:
             record = await self._call(self._directory.get_user, uid)
         if record is None:
@@ -520,8 +520,8 @@ class UserSessionManager:
                 return  # every client is busy; the next call tries again
             async with self._lock(victim.user_id):
                 if self._clients.get(victim.user_id) is victim and len(self._clients) > self.max_active_clients:
-                    await self._close_entry(victim)
                     self.evictions["lru"] += 1
+                    await self._close_entry(victim)
 
     async def _housekeeping(self) -> None:
         """Idle eviction, lost leases, and lease renewal (besides the writer's), every tick."""
@@ -539,8 +539,8 @@ class UserSessionManager:
                     async with lock:
                         if self._clients.get(uid) is not entry:
                             continue
-                        await self._close_entry(entry)
                         self.evictions["lost_lease" if lost else "idle"] += 1
+                        await self._close_entry(entry)
                 leases = self._leases()
                 if leases:
                     await self._call(_renew_all, leases)
