@@ -835,7 +835,13 @@ class SQLiteDirectory(SessionDirectory):
         return result
 
     def _record(
-        self, user_id: str, meta: dict[str, Any] | None, file_active: datetime.datetime | None, *, full: bool
+        self,
+        user_id: str,
+        meta: dict[str, Any] | None,
+        file_active: datetime.datetime | None,
+        *,
+        full: bool,
+        has_file: bool | None = None,
     ) -> UserRecord:
         meta = meta or {}
         pending = meta.get("pending_login")
@@ -847,7 +853,8 @@ class SQLiteDirectory(SessionDirectory):
             logged_in=meta.get("logged_in") is True,
             login_pending=isinstance(pending, dict),
             custom_api=isinstance(creds, dict),
-            has_auth_key=None,
+            # Without a session file there is no auth key; with one, only opening it tells.
+            has_auth_key=False if has_file is False else None,
             lease=None,
             api_credentials=self._credentials(user_id, creds) if full else None,
             pending_login=self._pending(user_id, pending, _parse_iso) if full else None,
@@ -856,9 +863,10 @@ class SQLiteDirectory(SessionDirectory):
     def get_user(self, user_id: str) -> UserRecord | None:
         def run() -> UserRecord | None:
             meta = self._read_meta(user_id)
-            if meta is None and not self._session_path(user_id).exists():
+            has_file = self._session_path(user_id).exists()
+            if meta is None and not has_file:
                 return None
-            return self._record(user_id, meta, self._file_activity().get(user_id), full=True)
+            return self._record(user_id, meta, self._file_activity().get(user_id), full=True, has_file=has_file)
 
         result: UserRecord | None = self._wrap("read", run)
         return result
@@ -893,6 +901,8 @@ class SQLiteDirectory(SessionDirectory):
             with self._lock:
                 meta = self._read_meta(user_id)
                 if meta is None:
+                    if not self._session_path(user_id).exists():
+                        return  # deleted meanwhile: do not bring it back
                     meta = {"user_id": user_id, "registered_at": None, "logged_in": False}
                 meta["last_active_at"] = _now()
                 self._write_meta(user_id, meta)

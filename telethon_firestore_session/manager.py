@@ -200,7 +200,7 @@ class _LeaseRenewer:
     def periodic(self) -> None:
         manager = self._manager()
         if manager is not None:
-            _renew_all(manager._leases())
+            _renew_all(manager._lease_snapshot)
 
 
 def _renew_all(leases: Sequence[FirestoreLease]) -> None:
@@ -332,6 +332,9 @@ class UserSessionManager:
         self.degraded_queue_depth = 10_000
 
         self._clients: OrderedDict[str, _Entry] = OrderedDict()
+        # The leases of open clients, replaced (never mutated) on every change: the writer
+        # thread reads it while the event loop changes ``_clients``.
+        self._lease_snapshot: tuple[FirestoreLease, ...] = ()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._housekeeper: asyncio.Task[None] | None = None
         self._renewer = _LeaseRenewer(self)
@@ -384,8 +387,19 @@ class UserSessionManager:
             self._locks[user_id] = lock
         return lock
 
-    def _leases(self) -> list[FirestoreLease]:
-        return [e.lease for e in list(self._clients.values()) if e.lease is not None]
+    def _leases(self) -> tuple[FirestoreLease, ...]:
+        return self._lease_snapshot
+
+    def _add(self, entry: _Entry) -> None:
+        self._clients[entry.user_id] = entry
+        if entry.lease is not None:
+            self._lease_snapshot = (*self._lease_snapshot, entry.lease)
+
+    def _remove(self, entry: _Entry) -> None:
+        if self._clients.get(entry.user_id) is entry:
+            del self._clients[entry.user_id]
+        if entry.lease is not None:
+            self._lease_snapshot = tuple(lease for lease in self._lease_snapshot if lease is not entry.lease)
 
     def _ensure_housekeeping(self) -> None:
         task = self._housekeeper
@@ -433,6 +447,8 @@ class UserSessionManager:
             creds = self._credentials(record)
             client = self._client_factory(session, creds.api_id, creds.api_hash, **self._client_kwargs)
             await client.connect()
+            if self._closed:
+                raise SessionClosedError("the UserSessionManager was closed while opening a client")
         except BaseException:
             with contextlib.suppress(Exception):
                 if client is not None:
@@ -448,17 +464,21 @@ class UserSessionManager:
             log.warning("cannot record the activity of %s/%s: %s", self.bot_id, uid, exc)
         entry = _Entry(uid, client, session, lease)
         entry.login_pending = record.pending_login is not None
-        self._clients[uid] = entry
+        self._add(entry)
         self._ensure_housekeeping()
         log.debug("opened the client of %s/%s", self.bot_id, uid)
         return entry
 
-    async def _entry(self, uid: str, *, login: bool, record: UserRecord | None = None) -> _Entry | None:
+    async def _entry(
+        self, uid: str, *, login: bool, record: UserRecord | None = None, require_auth_key: bool | None = None
+    ) -> _Entry | None:
         """The cached entry, or a freshly opened one (call with the user's lock held).
 
-        Without ``login`` a user whose session has no auth key is not connected
-        (connecting would create one): ``None``.
+        A user whose session has no auth key is only connected (which creates one)
+        for a login; otherwise (or with ``require_auth_key``) the result is ``None``.
         """
+        if require_auth_key is None:
+            require_auth_key = not login
         entry = self._clients.get(uid)
         if entry is not None:
             if not entry.gone():
@@ -472,15 +492,14 @@ class UserSessionManager:
             record = await self._call(self._directory.get_user, uid)
         if record is None:
             return None
-        if not login and record.has_auth_key is False:
+        if require_auth_key and record.has_auth_key is False:
             return None
-        return await self._open(record, require_auth_key=not login)
+        return await self._open(record, require_auth_key=require_auth_key)
 
     async def _close_entry(self, entry: _Entry) -> bool:
         """Flush, disconnect and release (call with the user's lock held). ``False`` if the flush timed out."""
         uid = entry.user_id
-        if self._clients.get(uid) is entry:
-            del self._clients[uid]
+        self._remove(entry)
         flushed = True
         session = entry.session
         store = session._store
@@ -763,7 +782,7 @@ class UserSessionManager:
             record: UserRecord | None = await self._call(self._directory.get_user, uid)
             entry = self._clients.get(uid)
             if log_out and entry is None and record is not None and record.has_auth_key is not False:
-                entry = await self._entry(uid, login=True, record=record)
+                entry = await self._entry(uid, login=True, record=record, require_auth_key=True)
             existed = record is not None or entry is not None
             if entry is not None:
                 await self._discard_entry(entry, log_out=log_out)
@@ -774,8 +793,7 @@ class UserSessionManager:
 
     async def _discard_entry(self, entry: _Entry, *, log_out: bool) -> None:
         uid = entry.user_id
-        if self._clients.get(uid) is entry:
-            del self._clients[uid]
+        self._remove(entry)
         logged_out = False
         if log_out and entry.session.auth_key is not None and entry.client.session is not None:
             try:
@@ -855,7 +873,8 @@ class UserSessionManager:
         candidates = [
             u
             for u in found
-            if u.user_id not in self._clients and not (self._locks.get(u.user_id) and self._lock(u.user_id).locked())
+            if u.user_id not in self._clients
+            and not ((lock := self._locks.get(u.user_id)) is not None and lock.locked())
         ]
         if dry_run:
             return [u.user_id for u in candidates]
@@ -953,10 +972,13 @@ class UserSessionManager:
                 if self._clients.get(entry.user_id) is entry:
                     await self._close_entry(entry)
 
-        results = await asyncio.gather(*(close(e) for e in list(self._clients.values())), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                log.warning("closing a client failed: %s", type(result).__name__)
+        for _ in range(3):  # a call already past its checks may still add a client once
+            if not self._clients:
+                break
+            results = await asyncio.gather(*(close(e) for e in list(self._clients.values())), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.warning("closing a client failed: %s", type(result).__name__)
         if self._renewer_registered:
             BackgroundWriter.get().unregister_periodic(cast("Store", self._renewer))
             self._renewer_registered = False

@@ -383,6 +383,14 @@ async def test_delete_without_log_out_keeps_the_telegram_authorization(env: Env)
     assert not env.exists("u1")
 
 
+async def test_deleting_a_user_who_never_logged_in_connects_nobody(env: Env) -> None:
+    m = env.manager()
+    await m.create_user_session("u1", api_id=5, api_hash="abcdefabcdefabcdefabcdefabcdefab")
+    assert await m.delete_user_session("u1") is True
+    assert env.fake.connects == 0 and env.fake.requests == []
+    assert not env.exists("u1")
+
+
 async def test_stats_count_registered_logged_in_and_active_sessions(env: Env) -> None:
     m = env.manager()
     for uid in ("a", "b", "c", "d"):
