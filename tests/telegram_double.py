@@ -301,6 +301,9 @@ class FakeTelegram:
                         peer=types.PeerUser(account.user_id), chats=[], users=[account.user(is_self=False)]
                     )
             raise errors.UsernameNotOccupiedError(request=request)
+        if isinstance(request, functions.messages.GetDialogsRequest):
+            self._me(key_id, request)
+            return types.messages.Dialogs(dialogs=[], messages=[], chats=[], users=[])
         raise errors.BadRequestError(request, f"{type(request).__name__.upper()}_NOT_IN_DOUBLE", 400)
 
     def _send_code(self, key_id: int, phone: str, request: Any) -> types.auth.SentCode:

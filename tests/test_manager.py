@@ -439,6 +439,29 @@ async def test_cleanup_removes_sessions_inactive_for_longer_than_days(env: Env) 
         await m.cleanup_inactive_sessions(days=-1)
 
 
+@pytest.mark.firestore
+async def test_cleanup_removes_subcollections_larger_than_one_commit(firestore_client: Any, bot_id: str) -> None:
+    sessions = firestore_client.collection("bots").document(bot_id).collection("user_sessions")
+    old = datetime.datetime.now(UTC) - datetime.timedelta(days=90)
+    doc = sessions.document("big")
+    doc.set({"schema_version": 1, "last_active_at": old})
+    for start in range(0, 1200, 400):
+        batch = firestore_client.batch()
+        for i in range(start, start + 400):
+            batch.set(doc.collection("entities").document(str(i)), {"hash": i})
+            if i % 3 == 0:
+                batch.set(doc.collection("sent_files").document(f"f{i}"), {"id": i})
+        batch.commit()
+    m = UserSessionManager(bot_id, backend="firestore", firestore_client=firestore_client)
+    try:
+        assert await m.cleanup_inactive_sessions(days=30) == ["big"]
+    finally:
+        await m.aclose()
+    assert not doc.get().exists
+    assert list(doc.collection("entities").limit(1).stream()) == []
+    assert list(doc.collection("sent_files").limit(1).stream()) == []
+
+
 async def test_health_check_is_healthy_with_a_working_backend(env: Env) -> None:
     m = env.manager()
     await login(m, env.fake, "u1")
@@ -620,3 +643,114 @@ async def test_a_fresh_process_finds_the_users_session_and_auth_key(env: Env, tm
     assert out["bob_hash"] == bob.access_hash  # the entity came from the store, not from Telegram
     assert "ResolveUsernameRequest" not in out["requests"] and "SendCodeRequest" not in out["requests"]
     assert out["connects"] == 1
+
+
+# -- the README's bot flow, against the local default -------------------------------------------------
+
+ADMINS = {9}
+
+
+# Copied from the README's bot.py: keep the two the same.
+async def handle(manager: UserSessionManager, user_id: int, text: str) -> str:
+    """The bot's commands; returns the reply."""
+    command, _, arg = text.strip().partition(" ")
+    me = manager.for_user(user_id)  # this user's own client and login, nothing else
+    if command == "/start":
+        await me.register()
+        return "Hi! Log your Telegram account in with /login +<phone number>."
+    if command == "/login":
+        result = await me.begin_login(arg)
+        if result.status is LoginStatus.CODE_SENT:
+            # Telegram expires a code that is sent back to it verbatim: ask for it with spaces.
+            return "Telegram sent you a code. Reply /code 1 2 3 4 5 (with spaces)."
+        return result.message
+    if command == "/code":
+        result = await me.complete_login(arg.replace(" ", ""))
+        if result.status is LoginStatus.PASSWORD_NEEDED:
+            return "Your account has a 2FA password: reply /password <password>."
+        return "Logged in." if result.ok else result.message
+    if command == "/password":
+        result = await me.complete_login("", password=arg)
+        return "Logged in." if result.ok else result.message
+    if command in ("/me", "/dialogs"):
+        client = await me.get_client()
+        if client is None:
+            return "You are not logged in: /login +<phone number>."
+        if command == "/me":
+            account = await client.get_me()
+            return f"You are {account.first_name} (id {account.id})."
+        names = [dialog.name async for dialog in client.iter_dialogs(limit=10)]
+        return "\n".join(names) or "No dialogs."
+    if command == "/logout":
+        return "Logged out." if await me.log_out() else "You were not logged in."
+    if user_id in ADMINS:  # admin operations exist only on the manager
+        if command == "/stats":
+            s = await manager.get_session_stats()
+            return f"{s['total_sessions']} users, {s['logged_in_sessions']} logged in, {s['active_sessions']} open"
+        if command == "/cleanup":
+            removed = await manager.cleanup_inactive_sessions(days=30)
+            return f"Removed {len(removed)} sessions unused for 30 days."
+        if command == "/health":
+            health = await manager.health_check()
+            return f"{health['status']}: {health['backend_latency_ms']} ms, {health['writer']['queue_depth']} queued"
+    return "Commands: /start /login /code /password /me /dialogs /logout"
+
+
+async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram) -> None:
+    sessions = tmp_path / "sessions"
+    async with UserSessionManager(
+        "mybot_local", sessions_dir=sessions, api_id=12345, api_hash="x" * 32, client_factory=fake.client
+    ) as manager:
+        assert "/login" in await handle(manager, 1, "/start")
+        assert "sent you a code" in await handle(manager, 1, f"/login {ALICE}")
+        assert await handle(manager, 1, "/code 0 0 0 0 0" if fake.last_code(ALICE) != "00000" else "/code 1") != (
+            "Logged in."
+        )
+        assert await handle(manager, 1, "/code " + " ".join(fake.last_code(ALICE))) == "Logged in."
+        assert await handle(manager, 1, "/me") == "You are Alice (id 1001)."
+        assert await handle(manager, 1, "/dialogs") == "No dialogs."
+
+        assert "sent you a code" in await handle(manager, 2, f"/login {BOB}")
+        assert "2FA" in await handle(manager, 2, "/code " + " ".join(fake.last_code(BOB)))
+        assert "wrong" in await handle(manager, 2, "/password guess")
+        assert await handle(manager, 2, f"/password {PASSWORD}") == "Logged in."
+        assert await handle(manager, 2, "/me") == "You are Bob (id 1002)."
+
+        assert "not logged in" in await handle(manager, 3, "/me")
+        assert (await handle(manager, 3, "/stats")).startswith("Commands:")  # not an admin
+        await handle(manager, 4, "/start")
+        (sessions / "mybot_local" / "user_4.meta.json").write_text(
+            json.dumps({"user_id": "4", "registered_at": "2020-01-01T00:00:00+00:00", "logged_in": False})
+        )
+        assert await handle(manager, 9, "/stats") == "3 users, 2 logged in, 2 open"
+        assert await handle(manager, 9, "/cleanup") == "Removed 1 sessions unused for 30 days."
+        assert (await handle(manager, 9, "/health")).startswith("healthy: ")
+        assert await handle(manager, 1, "/logout") == "Logged out."
+        assert await handle(manager, 9, "/stats") == "1 users, 1 logged in, 1 open"
+    assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.meta.json", "user_2.session"]
+
+
+def test_the_manager_is_built_from_the_environment(
+    tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip(
+        "telethon_firestore_session.config", reason="config.py (the environment factory) has not landed"
+    )
+    from telethon_firestore_session.manager import create_user_session_manager_from_config
+
+    for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USE_LOCAL_STORAGE", "true")
+    monkeypatch.setenv("BOT_ID", "envbot")
+    monkeypatch.setenv("API_ID", "4321")
+    monkeypatch.setenv("API_HASH", "f" * 32)
+    monkeypatch.setenv("SESSIONS_DIR", str(tmp_path / "from-env"))
+
+    async def run() -> None:
+        async with create_user_session_manager_from_config(client_factory=fake.client) as manager:
+            assert manager.backend == "sqlite" and manager.bot_id == "envbot"
+            client = await login(manager, fake, "u1")
+            assert client.api_id == 4321
+        assert (tmp_path / "from-env" / "envbot" / "user_u1.session").exists()
+
+    asyncio.run(run())
