@@ -591,7 +591,7 @@ class UserSessionManager:
             log.info("registered user %s/%s", self.bot_id, uid)
         return created
 
-    async def get_user_client(self, user_id: str | int) -> Any:
+    async def get_user_client(self, user_id: str | int) -> TelegramClient | None:
         """The user's connected, logged-in ``TelegramClient``, or ``None``.
 
         ``None`` for an unknown user and for one who is not logged in (a user whose
@@ -1009,7 +1009,7 @@ class UserSession:
         """Register this user (optionally with their own API credentials); ``True`` if new."""
         return await self.__manager.create_user_session(self.__user_id, api_id=api_id, api_hash=api_hash)
 
-    async def get_client(self) -> Any:
+    async def get_client(self) -> TelegramClient | None:
         """This user's connected, logged-in client, or ``None`` (see ``get_user_client``)."""
         return await self.__manager.get_user_client(self.__user_id)
 

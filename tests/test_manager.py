@@ -580,7 +580,8 @@ async def test_a_corrupt_record_is_a_typed_error(env: Env) -> None:
 
 async def test_sqlite_directory_files_are_private(tmp_path: Path, fake: FakeTelegram) -> None:
     directory = SQLiteDirectory(tmp_path / "s", "bot")
-    async with UserSessionManager(directory=directory, api_id=1, api_hash="h", client_factory=fake.client) as m:
+    # A client class bound to the double works as the factory too.
+    async with UserSessionManager(directory=directory, api_id=1, api_hash="h", client_factory=fake.client_class) as m:
         await login(m, fake, "u1")
     for path in (tmp_path / "s" / "bot").iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
