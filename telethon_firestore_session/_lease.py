@@ -207,12 +207,12 @@ class FirestoreLease:
 
     def renew_if_due(self) -> None:
         """Renew once a third of the TTL has passed since the last renewal. Never raises."""
-        if self.lost or self.expires_at is None:
-            return
-        if time.monotonic() - self._renewed < self.ttl / 3:
+        if self.lost or self.expires_at is None or not self._due():
             return
         try:
-            self.renew()
+            with self._lock:
+                if self._due():  # the writer and the manager may both have found it due
+                    self._renew_locked()
         except Exception as exc:  # noqa: BLE001 - called from the writer thread; state is kept for health_check
             with self._lock:
                 self.failed_renewals += 1
@@ -228,47 +228,53 @@ class FirestoreLease:
 
         :raises Exception: Firestore errors (the caller decides; :meth:`renew_if_due` logs them).
         """
+        with self._lock:
+            return self._renew_locked()
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._renewed >= self.ttl / 3
+
+    def _renew_locked(self) -> bool:
         from google.api_core.exceptions import FailedPrecondition, NotFound
 
-        with self._lock:
-            if self.lost:
+        if self.lost:
+            return False
+        timeout = self._renew_timeout()
+        for _ in range(_CAS_ATTEMPTS):
+            snap = self.doc.get(field_paths=["lease"], retry=self._retry(timeout), timeout=timeout)
+            current = parse_lease((snap.to_dict() or {}).get("lease")) if snap.exists else None
+            if current is None or current.holder != self.holder:
+                # Deleted, released by someone else, or taken over: the session is not ours any more.
+                self.lost = True
+                self.lost_to = current
+                self.expires_at = None
+                log.warning(
+                    "%s: lost the lease%s; closing this instance's client",
+                    self.where,
+                    f" to {current.holder}" if current is not None else "",
+                )
                 return False
-            timeout = self._renew_timeout()
-            for _ in range(_CAS_ATTEMPTS):
-                snap = self.doc.get(field_paths=["lease"], retry=self._retry(timeout), timeout=timeout)
-                current = parse_lease((snap.to_dict() or {}).get("lease")) if snap.exists else None
-                if current is None or current.holder != self.holder:
-                    # Deleted, released by someone else, or taken over: the session is not ours any more.
-                    self.lost = True
-                    self.lost_to = current
-                    self.expires_at = None
-                    log.warning(
-                        "%s: lost the lease%s; closing this instance's client",
-                        self.where,
-                        f" to {current.holder}" if current is not None else "",
-                    )
-                    return False
-                now = _now()
-                expires = now + datetime.timedelta(seconds=self.ttl)
-                try:
-                    self.doc.update(
-                        {"lease.expires_at": expires, "last_active_at": now},
-                        option=self.client.write_option(last_update_time=snap.update_time),
-                        retry=self._retry(timeout),
-                        timeout=timeout,
-                    )
-                except (FailedPrecondition, NotFound):
-                    # Written meanwhile (the background writer, or a taker): read again, after a short
-                    # random pause so that a steady writer cannot keep winning.
-                    self.conflicts += 1
-                    time.sleep(random.uniform(0.005, 0.04))  # noqa: S311 - jitter, not security
-                    continue
-                self.expires_at = expires
-                self._renewed = time.monotonic()
-                self.renewals += 1
-                self.last_error = None
-                return True
-            raise SessionStoreError(f"{self.where}: the document changed on every lease renewal attempt")
+            now = _now()
+            expires = now + datetime.timedelta(seconds=self.ttl)
+            try:
+                self.doc.update(
+                    {"lease.expires_at": expires, "last_active_at": now},
+                    option=self.client.write_option(last_update_time=snap.update_time),
+                    retry=self._retry(timeout),
+                    timeout=timeout,
+                )
+            except (FailedPrecondition, NotFound):
+                # Written meanwhile (the background writer, or a taker): read again, after a short
+                # random pause so that a steady writer cannot keep winning.
+                self.conflicts += 1
+                time.sleep(random.uniform(0.005, 0.04))  # noqa: S311 - jitter, not security
+                continue
+            self.expires_at = expires
+            self._renewed = time.monotonic()
+            self.renewals += 1
+            self.last_error = None
+            return True
+        raise SessionStoreError(f"{self.where}: the document changed on every lease renewal attempt")
 
     def release(self) -> None:
         """Remove the lease if it is still ours (bounded by ``rpc_timeout``). Never raises.
