@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
     from ._core import SessionCore, Store
+    from .config import SessionConfig
     from .crypto import SessionCipher
 
 __all__ = [
@@ -1031,41 +1032,40 @@ class UserSession:
         return await self.__manager.delete_user_session(self.__user_id, log_out=True)
 
 
-def create_user_session_manager_from_config(config: Any = None, **options: Any) -> UserSessionManager:
+def create_user_session_manager_from_config(config: SessionConfig | None = None, **options: Any) -> UserSessionManager:
     """Build a :class:`UserSessionManager` from ``SessionConfig.from_env()`` (or ``config``).
 
     The backend, bot id, default API credentials, sessions directory or Firestore
     project and the encryption key come from the configuration (``USE_LOCAL_STORAGE``,
     ``BOT_ID``, ``API_ID``, ``API_HASH``, ``SESSIONS_DIR``, ``FIREBASE_PROJECT_ID``,
     ``FIREBASE_CREDENTIALS``, ``SESSION_ENCRYPTION_KEY``...); ``options`` are passed
-    to :class:`UserSessionManager` and override them.
+    to :class:`UserSessionManager` and override them. On Render the lease holder id
+    names the instance (``RENDER_INSTANCE_ID``).
 
     :raises ConfigError: a missing or invalid setting, at start-up.
     """
     from .config import SessionConfig
 
+    # A configuration read here is ours alone, and so is the Firestore client built
+    # from it: the manager closes it. A configuration passed in keeps its client.
+    owns_config = config is None
     if config is None:
         config = SessionConfig.from_env()
     kwargs: dict[str, Any] = {
         "backend": config.backend,
         "api_id": config.api_id,
         "api_hash": config.api_hash,
+        **config.session_options(),
     }
-    cipher = getattr(config, "cipher", None)
-    if callable(cipher):
-        cipher = cipher()
-    if cipher is not None:
-        kwargs["cipher"] = cipher
-    if config.backend == "firestore":
-        if "firestore_client" not in options and "directory" not in options:
-            kwargs["firestore_client"] = config.firestore_client()
-    else:
+    if config.render and config.instance_id:
+        kwargs["holder_id"] = f"{config.instance_id}:{os.getpid()}"
+    built_client = config.backend == "firestore" and "firestore_client" not in options and "directory" not in options
+    if built_client:
+        kwargs["firestore_client"] = config.firestore_client()
+    elif config.backend != "firestore":
         kwargs["sessions_dir"] = config.sessions_dir
     kwargs.update(options)
     manager = UserSessionManager(config.bot_id, **kwargs)
-    if config.backend == "firestore" and "firestore_client" not in options and "directory" not in options:
-        # The client was built here from the configuration: the manager closes it.
-        directory = manager._directory
-        if isinstance(directory, FirestoreDirectory):
-            directory.owns_client = True
+    if built_client and owns_config and isinstance(manager._directory, FirestoreDirectory):
+        manager._directory.owns_client = True
     return manager
