@@ -40,6 +40,7 @@ import datetime
 import enum
 import logging
 import os
+import secrets
 import time
 import weakref
 from collections import OrderedDict
@@ -1058,7 +1059,8 @@ def create_user_session_manager_from_config(config: SessionConfig | None = None,
         **config.session_options(),
     }
     if config.render and config.instance_id:
-        kwargs["holder_id"] = f"{config.instance_id}:{os.getpid()}"
+        # Like make_holder_id(), with Render's instance id in place of the container's host name.
+        kwargs["holder_id"] = f"{config.instance_id}:{os.getpid()}:{secrets.token_hex(4)}"
     built_client = config.backend == "firestore" and "firestore_client" not in options and "directory" not in options
     if built_client:
         kwargs["firestore_client"] = config.firestore_client()

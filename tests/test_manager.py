@@ -734,9 +734,6 @@ async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram) -> None:
 def test_the_manager_is_built_from_the_environment(
     tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip(
-        "telethon_firestore_session.config", reason="config.py (the environment factory) has not landed"
-    )
     from telethon_firestore_session.manager import create_user_session_manager_from_config
 
     for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
@@ -753,5 +750,39 @@ def test_the_manager_is_built_from_the_environment(
             client = await login(manager, fake, "u1")
             assert client.api_id == 4321
         assert (tmp_path / "from-env" / "envbot" / "user_u1.session").exists()
+
+    asyncio.run(run())
+
+
+@pytest.mark.firestore
+def test_the_manager_is_built_from_a_render_config(firestore_client: Any, bot_id: str, fake: FakeTelegram) -> None:
+    from telethon_firestore_session.config import SessionConfig
+    from telethon_firestore_session.manager import create_user_session_manager_from_config
+
+    config = SessionConfig.from_env(
+        {
+            "BOT_ID": bot_id,
+            "RENDER": "true",
+            "RENDER_INSTANCE_ID": "srv-d0abc-7f9x",
+            "FIRESTORE_EMULATOR_HOST": os.environ["FIRESTORE_EMULATOR_HOST"],
+            "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
+            "API_ID": "4321",
+            "API_HASH": "f" * 32,
+            "SESSION_ENCRYPTION_KEY": generate_key(),
+        }
+    )
+
+    async def run() -> None:
+        async with create_user_session_manager_from_config(config, client_factory=fake.client) as manager:
+            assert manager.backend == "firestore" and manager.bot_id == bot_id
+            assert manager.holder_id.startswith(f"srv-d0abc-7f9x:{os.getpid()}:")
+            client = await login(manager, fake, "u1")
+            assert client.api_id == 4321
+            lease = firestore_client.document(f"bots/{bot_id}/user_sessions/u1").get().to_dict()["lease"]
+            assert lease["holder"] == manager.holder_id
+        # The configuration keeps its client (it was passed in): still usable after aclose().
+        assert config.firestore_client().document(f"bots/{bot_id}/user_sessions/u1").get().exists
+        stored = firestore_client.document(f"bots/{bot_id}/user_sessions/u1").get().to_dict()
+        assert isinstance(stored["auth_key"], bytes) and len(stored["auth_key"]) != 256  # sealed
 
     asyncio.run(run())
