@@ -1,10 +1,24 @@
-"""Telethon sessions stored in Google Cloud Firestore or in per-user SQLite files."""
+"""Telethon sessions stored in Google Cloud Firestore or in per-user SQLite files.
+
+The public API, by layer (each documented in the README):
+
+* sessions: :class:`FirestoreSession`, :class:`ScopedSQLiteSession` (both
+  ``telethon.sessions.abstract.Session``), built on :class:`SessionCore` and the
+  process-wide :class:`BackgroundWriter`;
+* encryption at rest: :class:`SessionCipher`, :func:`generate_key`;
+* the environment factory: :class:`SessionConfig`, :func:`create_session`,
+  :func:`get_deployment_info`, :func:`log_deployment_info`, :func:`is_render`;
+* per-user clients: :class:`UserSessionManager`, :func:`create_user_session_manager_from_config`;
+* migration: :func:`copy_session` (any Telethon session to any other);
+* errors: :class:`SessionError` and its subclasses (see :mod:`.errors`).
+"""
 
 from __future__ import annotations
 
 from ._core import SessionCore
 from ._writer import BackgroundWriter, WriterStats
-from .crypto import SessionCipher
+from .config import SessionConfig, create_session, get_deployment_info, is_render, log_deployment_info
+from .crypto import SessionCipher, generate_key
 from .errors import (
     ConfigError,
     InvalidSessionIdError,
@@ -17,6 +31,16 @@ from .errors import (
     SessionStoreError,
 )
 from .firestore import FirestoreSession
+from .manager import (
+    LoginResult,
+    LoginStatus,
+    UserSession,
+    UserSessionInfo,
+    UserSessionManager,
+    create_user_session_manager_from_config,
+)
+from .migrate import copy_session
+from .sqlite import ScopedSQLiteSession
 
 __version__ = "0.1.0"
 
@@ -25,15 +49,29 @@ __all__ = [
     "ConfigError",
     "FirestoreSession",
     "InvalidSessionIdError",
+    "LoginResult",
+    "LoginStatus",
     "SchemaVersionError",
+    "ScopedSQLiteSession",
     "SessionCipher",
     "SessionClosedError",
+    "SessionConfig",
     "SessionCore",
     "SessionCorruptError",
     "SessionDecryptionError",
     "SessionError",
     "SessionInUseError",
     "SessionStoreError",
+    "UserSession",
+    "UserSessionInfo",
+    "UserSessionManager",
     "WriterStats",
     "__version__",
+    "copy_session",
+    "create_session",
+    "create_user_session_manager_from_config",
+    "generate_key",
+    "get_deployment_info",
+    "is_render",
+    "log_deployment_info",
 ]
