@@ -646,58 +646,14 @@ async def test_a_fresh_process_finds_the_users_session_and_auth_key(env: Env, tm
     assert out["connects"] == 1
 
 
-# -- the README's bot flow, against the local default -------------------------------------------------
-
-ADMINS = {9}
+# -- the README's bot flow (examples/bot.py), against the local default -----------------------------
 
 
-# Copied from the README's bot.py: keep the two the same.
-async def handle(manager: UserSessionManager, user_id: int, text: str) -> str:
-    """The bot's commands; returns the reply."""
-    command, _, arg = text.strip().partition(" ")
-    me = manager.for_user(user_id)  # this user's own client and login, nothing else
-    if command == "/start":
-        await me.register()
-        return "Hi! Log your Telegram account in with /login +<phone number>."
-    if command == "/login":
-        result = await me.begin_login(arg)
-        if result.status is LoginStatus.CODE_SENT:
-            # Telegram expires a code that is sent back to it verbatim: ask for it with spaces.
-            return "Telegram sent you a code. Reply /code 1 2 3 4 5 (with spaces)."
-        return result.message
-    if command == "/code":
-        result = await me.complete_login(arg.replace(" ", ""))
-        if result.status is LoginStatus.PASSWORD_NEEDED:
-            return "Your account has a 2FA password: reply /password <password>."
-        return "Logged in." if result.ok else result.message
-    if command == "/password":
-        result = await me.complete_login("", password=arg)
-        return "Logged in." if result.ok else result.message
-    if command in ("/me", "/dialogs"):
-        client = await me.get_client()
-        if client is None:
-            return "You are not logged in: /login +<phone number>."
-        if command == "/me":
-            account = await client.get_me()
-            return f"You are {account.first_name} (id {account.id})."
-        names = [dialog.name async for dialog in client.iter_dialogs(limit=10)]
-        return "\n".join(names) or "No dialogs."
-    if command == "/logout":
-        return "Logged out." if await me.log_out() else "You were not logged in."
-    if user_id in ADMINS:  # admin operations exist only on the manager
-        if command == "/stats":
-            s = await manager.get_session_stats()
-            return f"{s['total_sessions']} users, {s['logged_in_sessions']} logged in, {s['active_sessions']} open"
-        if command == "/cleanup":
-            removed = await manager.cleanup_inactive_sessions(days=30)
-            return f"Removed {len(removed)} sessions unused for 30 days."
-        if command == "/health":
-            health = await manager.health_check()
-            return f"{health['status']}: {health['backend_latency_ms']} ms, {health['writer']['queue_depth']} queued"
-    return "Commands: /start /login /code /password /me /dialogs /logout"
+async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    from examples import bot
 
-
-async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram) -> None:
+    monkeypatch.setattr(bot, "ADMINS", {9})
+    handle = bot.handle
     sessions = tmp_path / "sessions"
     async with UserSessionManager(
         "mybot_local", sessions_dir=sessions, api_id=12345, api_hash="x" * 32, client_factory=fake.client
