@@ -28,6 +28,7 @@ from .errors import (
     SessionDecryptionError,
     SessionError,
     SessionInUseError,
+    SessionRotationError,
     SessionStoreError,
 )
 from .firestore import FirestoreSession
@@ -61,6 +62,7 @@ __all__ = [
     "SessionDecryptionError",
     "SessionError",
     "SessionInUseError",
+    "SessionRotationError",
     "SessionStoreError",
     "UserSession",
     "UserSessionInfo",

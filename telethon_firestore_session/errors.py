@@ -9,6 +9,7 @@ catches them all::
     ├── SessionInUseError         another process or instance holds the session
     ├── SessionClosedError        the session was closed or deleted
     ├── SessionDecryptionError    a sealed value could not be opened
+    ├── SessionRotationError      re-sealing skipped some sessions (it lists them)
     └── SessionStoreError         the backing store failed or holds something unusable
         ├── SchemaVersionError    written by a newer version of this library
         └── SessionCorruptError   the stored record has the wrong shape
@@ -19,6 +20,7 @@ Messages name the session and the field involved, never a key or an auth key.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 
 __all__ = [
     "ConfigError",
@@ -29,6 +31,7 @@ __all__ = [
     "SessionDecryptionError",
     "SessionError",
     "SessionInUseError",
+    "SessionRotationError",
     "SessionStoreError",
 ]
 
@@ -124,3 +127,23 @@ class SessionDecryptionError(SessionError):
         self.where = where
         self.field = field
         self.reason = reason
+
+
+class SessionRotationError(SessionError):
+    """Re-sealing (key rotation) had to skip some sessions; the others were re-sealed.
+
+    ``failures`` holds one error per skipped session, each naming its session (a
+    :class:`SessionDecryptionError`, a :class:`SessionInUseError`, ...); the first is
+    also chained as ``__cause__``. ``rotated`` counts the sessions that were
+    re-sealed. Skipped sessions are left exactly as they were: fix the cause and
+    run the rotation again.
+    """
+
+    def __init__(self, rotated: int, failures: Sequence[SessionError]) -> None:
+        listed = "; ".join(f"{type(exc).__name__}: {exc}" for exc in failures)
+        super().__init__(
+            f"{len(failures)} session(s) could not be re-sealed and were left as they were "
+            f"({rotated} re-sealed): {listed}"
+        )
+        self.rotated = rotated
+        self.failures = tuple(failures)

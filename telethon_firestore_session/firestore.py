@@ -27,6 +27,7 @@ from .errors import (
     SessionCorruptError,
     SessionDecryptionError,
     SessionError,
+    SessionRotationError,
     SessionStoreError,
 )
 
@@ -553,9 +554,10 @@ def rotate_firestore_sessions(
     if it did not change since it was read.
 
     :returns: how many sessions had at least one document rewritten.
-    :raises SessionError: sessions that fail (a value that does not open, a
-        document in the original system's format) are logged and skipped; once
-        the others are done, the first failure is raised.
+    :raises SessionRotationError: sessions that fail (a value that does not open,
+        a document in the original system's format) are logged and skipped; once
+        the others are done, one error lists them all (``failures``, the first
+        chained as ``__cause__``). They are left as they were.
     """
     if user_id is not None:
         keys = [SessionKey(bot_id, user_id)]
@@ -582,7 +584,7 @@ def rotate_firestore_sessions(
             log.info("rotate: re-sealed %d document(s) of %s with key %s", written, store.where, cipher.key_id)
     if failures:
         log.warning("rotate: %d session(s) re-sealed, %d failed", rotated, len(failures))
-        raise failures[0]
+        raise SessionRotationError(rotated, failures) from failures[0]
     return rotated
 
 
