@@ -1283,6 +1283,7 @@ def import_snapshots(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     report: BulkReport | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> BulkReport:
     """Copy many sessions into ``destination``, one at a time; the engine of every bulk import.
 
@@ -1292,6 +1293,10 @@ def import_snapshots(
     item)`` is called as each outcome becomes final. Pass ``report`` to have it
     filled in as the import goes, so that it is complete up to the point where a
     ``KeyboardInterrupt`` stopped it.
+
+    ``stop()`` is asked before each source: once it returns ``True`` no further
+    source is read, what is pending is committed, and the report covers exactly
+    the sessions handled (a graceful stop, e.g. on the first Ctrl-C).
     """
     report = report if report is not None else BulkReport()
     start = time.monotonic()
@@ -1307,6 +1312,8 @@ def import_snapshots(
 
     try:
         for source, user_id, read in sources:
+            if stop is not None and stop():
+                break
             if user_id is None:
                 settle([ImportItem(source, None, FAILED, "no user id")])
                 continue
@@ -1334,6 +1341,7 @@ def import_session_files(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     report: BulkReport | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> BulkReport:
     """Import Telethon ``.session`` files: a file, a directory of them, or a list of either.
 
@@ -1343,7 +1351,7 @@ def import_session_files(
     run the import again: sessions already imported come out ``"unchanged"``.
 
     Pass ``report`` to have it filled in as the import goes (useful when the run
-    may be interrupted).
+    may be interrupted), and ``stop`` to end it early (see :func:`import_snapshots`).
     """
     files = session_files(paths)
     if user_id is not None and len(files) != 1:
@@ -1354,7 +1362,7 @@ def import_session_files(
             yield str(f), user_id or user_id_from_filename(f), functools.partial(read_session_file, f)
 
     return import_snapshots(
-        sources(), destination, total=len(files), overwrite=overwrite, progress=progress, report=report
+        sources(), destination, total=len(files), overwrite=overwrite, progress=progress, report=report, stop=stop
     )
 
 
@@ -1390,6 +1398,7 @@ def import_legacy_documents(
     progress: ProgressCallback | None = None,
     report: BulkReport | None = None,
     destination: FirestoreDestination | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> BulkReport:
     """Convert the original system's documents in place, to this library's layout.
 
@@ -1405,7 +1414,8 @@ def import_legacy_documents(
 
     Documents already in the new layout without ``session_data`` are not touched.
     Running it again is safe. Pages through the collection ``page_size`` documents
-    at a time; ``user_ids`` restricts it to those users (one read each).
+    at a time; ``user_ids`` restricts it to those users (one read each). ``stop``
+    ends it early (see :func:`import_snapshots`).
     """
     dest = destination or FirestoreDestination(
         client, bot_id, batch_size=batch_size, cipher=cipher, encrypt_pii=encrypt_pii
@@ -1456,4 +1466,6 @@ def import_legacy_documents(
         def account(self, report: BulkReport) -> None:
             dest.account(report)
 
-    return import_snapshots(sources(), _LegacyDestination(), overwrite=overwrite, progress=progress, report=report)
+    return import_snapshots(
+        sources(), _LegacyDestination(), overwrite=overwrite, progress=progress, report=report, stop=stop
+    )
