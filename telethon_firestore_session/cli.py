@@ -4,10 +4,15 @@ It reads its configuration from the same environment as the factory
 (``SessionConfig.from_env()``: ``BOT_ID``, ``USE_LOCAL_STORAGE``, ``SESSIONS_DIR``,
 ``FIREBASE_PROJECT_ID``/``GOOGLE_CLOUD_PROJECT``, ``FIREBASE_CREDENTIALS``,
 ``FIRESTORE_EMULATOR_HOST``, ``SESSION_ENCRYPTION_KEY`` ...); ``--backend``,
-``--bot-id`` and ``--sessions-dir`` override it for one run.
+``--bot-id`` and ``--sessions-dir`` override it for one run. The process
+environment itself is never modified, so :func:`main` can be called from code.
 
-Exit codes: 0 success, 1 partial failure (some sessions failed, a check failed),
-2 usage or configuration error.
+Backends are reported by the configuration's names, ``sqlite`` (per-user files)
+and ``firestore``; on the command line ``local`` is accepted for ``sqlite``.
+
+Exit codes: 0 success, 1 partial failure (some sessions failed, were left alone
+because the destination holds another login, a run was interrupted, a check
+failed), 2 usage or configuration error.
 
 Secrets: no command prints an auth key. ``show`` prints its fingerprint.
 ``export`` writes one only with ``--include-secrets``, to a file created with mode
@@ -18,27 +23,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import dataclasses
 import datetime
 import functools
 import json
 import logging
 import os
+import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from . import migrate
-from .errors import ConfigError, InvalidSessionIdError, SessionError, SessionInUseError
+from .errors import (
+    ConfigError,
+    InvalidSessionIdError,
+    SessionDecryptionError,
+    SessionError,
+)
 
 if TYPE_CHECKING:
     from google.cloud import firestore
     from telethon.sessions.abstract import Session
 
     from .config import SessionConfig
+    from .manager import UserSessionManager
 
 __all__ = ["main"]
 
@@ -47,6 +59,11 @@ EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 
+SQLITE = "sqlite"
+FIRESTORE = "firestore"
+#: What ``--backend``/``--from`` accept; ``local`` is the friendly name of ``sqlite``.
+BACKEND_CHOICES = ("local", SQLITE, FIRESTORE)
+
 log = logging.getLogger("telethon_firestore_session.cli")
 
 
@@ -54,11 +71,19 @@ class UsageError(Exception):
     """A command was called in a way that cannot work (exit code 2)."""
 
 
+def _backend_name(value: str | None) -> str | None:
+    """``local`` -> ``sqlite``: report backends by the configuration's names."""
+    if value is None:
+        return None
+    return SQLITE if value in ("local", SQLITE) else FIRESTORE
+
+
 # -- output ------------------------------------------------------------------------------
 
 
-def _in_ci(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
-    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+def _in_ci(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _json_default(value: object) -> Any:
@@ -95,6 +120,18 @@ class Output:
         self.stderr.write(message.rstrip("\n") + "\n")
         self.stderr.flush()
 
+    def error(self, command: str, kind: str, exc: BaseException, exit_code: int) -> int:
+        """Report a failed command: a line on stderr, and with ``--json`` a document on stdout too."""
+        label = "error" if kind == "error" else f"{kind} error"
+        self.note(f"{PROG} {command}: {label}: {exc}")
+        if self.as_json:
+            err: dict[str, Any] = {"type": type(exc).__name__, "kind": kind, "message": str(exc)}
+            variable = getattr(exc, "variable", None)
+            if variable is not None:
+                err["variable"] = variable
+            self.emit({"ok": False, "exit_code": exit_code, "error": err}, "")
+        return exit_code
+
 
 class Progress:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal and not in CI."""
@@ -118,10 +155,11 @@ class Progress:
 
     def __call__(self, done: int, total: int | None, item: migrate.ImportItem) -> None:
         self.counts[item.status] = self.counts.get(item.status, 0) + 1
+        log.debug("%s %s/%s: %s %s", self.label, done, total or "?", item.status, item.user_id)
         if not self.enabled:
             return
         now = time.monotonic()
-        if (total is not None and done >= total) or now - self._last >= 0.1:
+        if not self._drawn or (total is not None and done >= total) or now - self._last >= 0.1:
             self._last = now
             self._draw(done, total)
 
@@ -146,12 +184,29 @@ class Progress:
 # -- configuration -----------------------------------------------------------------------
 
 
+def _environment(args: argparse.Namespace, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of this run: the process environment with the command-line overrides."""
+    environ = dict(os.environ if base is None else base)
+    backend = _backend_name(getattr(args, "backend", None))
+    if backend is not None:
+        environ["USE_LOCAL_STORAGE"] = "true" if backend == SQLITE else "false"
+    bot_id = getattr(args, "bot_id", None)
+    if bot_id is not None:
+        environ["BOT_ID"] = bot_id
+    sessions_dir = getattr(args, "sessions_dir", None)
+    if sessions_dir is not None:
+        environ["SESSIONS_DIR"] = str(sessions_dir)
+    return environ
+
+
 class Env:
     """The configuration of one run, and what is built from it (lazily)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
         self.args = args
+        self.environ = environ
         self._config: SessionConfig | None = None
+        self._configs: dict[str, SessionConfig] = {}
         self._client: firestore.Client | None = None
 
     @property
@@ -159,7 +214,8 @@ class Env:
         if self._config is None:
             from .config import SessionConfig
 
-            self._config = SessionConfig.from_env()
+            self._config = SessionConfig.from_env(self.environ)
+            log.debug("configuration: %r", self._config)  # secrets masked by its repr
         return self._config
 
     @property
@@ -168,57 +224,85 @@ class Env:
 
     @property
     def bot_id(self) -> str:
-        return str(self.config.bot_id)
+        return self.config.bot_id
 
     @property
     def sessions_dir(self) -> Path:
-        return Path(self.config.sessions_dir)
+        return self.config.sessions_dir
 
     @property
     def cipher(self) -> Any:
-        return getattr(self.config, "cipher", None)
+        return self.config.cipher
+
+    def config_for(self, backend: str | None) -> SessionConfig:
+        """The configuration with another backend (``backup``/``restore``/``--from`` read both)."""
+        name = _backend_name(backend) or self.backend
+        if name == self.backend:
+            return self.config
+        if name not in self._configs:
+            self._configs[name] = dataclasses.replace(self.config, backend=name)  # type: ignore[arg-type]
+        return self._configs[name]
 
     def firestore_client(self) -> firestore.Client:
+        """The one Firestore client of this run (closed by :meth:`close`)."""
         if self._client is None:
-            self._client = self.config.firestore_client()
+            config = self.config
+            if config.project is None and config.emulator_host is None:
+                raise ConfigError(
+                    "FIREBASE_PROJECT_ID",
+                    f"`{self.args.command}` needs Firestore, but no project is set; set FIREBASE_PROJECT_ID "
+                    "(or GOOGLE_CLOUD_PROJECT, or FIREBASE_CREDENTIALS), or FIRESTORE_EMULATOR_HOST for the emulator",
+                )
+            try:
+                self._client = config.firestore_client()
+            except ConfigError:
+                raise
+            except Exception as exc:
+                if type(exc).__name__ == "DefaultCredentialsError":
+                    raise ConfigError(
+                        "GOOGLE_APPLICATION_CREDENTIALS",
+                        "no Google credentials were found; set FIREBASE_CREDENTIALS (the service-account JSON) "
+                        "or GOOGLE_APPLICATION_CREDENTIALS (a key file)",
+                    ) from None
+                raise
         return self._client
 
     def close(self) -> None:
         client: Any = self._client
         self._client = None
         if client is not None:
-            with contextlib.suppress(Exception):
+            try:
                 client.close()
+            except Exception as exc:  # noqa: BLE001 - closing at exit must not hide the result
+                log.debug("closing the Firestore client failed: %s", type(exc).__name__)
 
     # -- sessions ---------------------------------------------------------------------------
 
     def open_local(self, user_id: str) -> Session:
         from .sqlite import ScopedSQLiteSession
 
-        kwargs: dict[str, Any] = {"bot_id": self.bot_id, "sessions_dir": self.sessions_dir}
-        if self.cipher is not None:
-            kwargs["cipher"] = self.cipher
-        return ScopedSQLiteSession(user_id, **kwargs)
+        options = self.config.session_options()
+        return ScopedSQLiteSession(user_id, bot_id=self.bot_id, sessions_dir=self.sessions_dir, **options)
 
     def open_firestore(self, user_id: str) -> Session:
         from .firestore import FirestoreSession
 
-        kwargs: dict[str, Any] = {"bot_id": self.bot_id, "client": self.firestore_client()}
-        if self.cipher is not None:
-            kwargs["cipher"] = self.cipher
-        return FirestoreSession(user_id, **kwargs)
+        options = self.config.session_options()
+        return FirestoreSession(user_id, bot_id=self.bot_id, client=self.firestore_client(), **options)
 
     def open(self, user_id: str, backend: str | None = None) -> Session:
-        return self.open_firestore(user_id) if (backend or self.backend) == "firestore" else self.open_local(user_id)
+        if (_backend_name(backend) or self.backend) == FIRESTORE:
+            return self.open_firestore(user_id)
+        return self.open_local(user_id)
 
     def exists(self, user_id: str, backend: str | None = None) -> bool:
         from ._ids import SessionKey
 
         key = SessionKey(self.bot_id, user_id)
-        if (backend or self.backend) == "firestore":
+        if (_backend_name(backend) or self.backend) == FIRESTORE:
             from .firestore import session_document
 
-            return bool(session_document(self.firestore_client(), key).get(field_paths=[]).exists)
+            return bool(session_document(self.firestore_client(), key).get(field_paths=[], timeout=30).exists)
         from .sqlite import session_path
 
         return session_path(self.sessions_dir, key).exists()
@@ -235,38 +319,36 @@ class Env:
             query = col.select([]).order_by("__name__").limit(page_size)
             if last is not None:
                 query = query.start_after(last)
-            page = list(query.stream())
+            page = list(query.stream(timeout=60))
             for snap in page:
                 yield snap.id
             if len(page) < page_size:
                 return
             last = page[-1]
 
+    def firestore_destination(self) -> migrate.FirestoreDestination:
+        """Batched writes into Firestore, sealed like this configuration's sessions."""
+        return migrate.FirestoreDestination(self.firestore_client(), self.bot_id, **self.config.session_options())
+
+    def user_ids(self, backend: str | None = None) -> list[str]:
+        """Every stored session's user id in ``backend`` (default: the configured one)."""
+        if (_backend_name(backend) or self.backend) == FIRESTORE:
+            return list(self.firestore_user_ids())
+        return self.local_user_ids()
+
     def destination(self, backend: str | None = None) -> migrate.Destination:
-        if (backend or self.backend) == "firestore":
-            kwargs: dict[str, Any] = {}
-            if self.cipher is not None:
-                kwargs["cipher"] = self.cipher
-            return migrate.FirestoreDestination(self.firestore_client(), self.bot_id, **kwargs)
+        if (_backend_name(backend) or self.backend) == FIRESTORE:
+            return self.firestore_destination()
         return migrate.SessionDestination(self.open_local)
 
-    def manager(self) -> Any:
+    def manager(self, backend: str | None = None) -> UserSessionManager:
         from .manager import create_user_session_manager_from_config
 
-        return create_user_session_manager_from_config()
-
-
-def _apply_overrides(args: argparse.Namespace) -> None:
-    """``--backend``, ``--bot-id`` and ``--sessions-dir`` become the factory's variables."""
-    backend = getattr(args, "backend", None)
-    if backend is not None:
-        os.environ["USE_LOCAL_STORAGE"] = "true" if backend == "local" else "false"
-    bot_id = getattr(args, "bot_id", None)
-    if bot_id is not None:
-        os.environ["BOT_ID"] = bot_id
-    sessions_dir = getattr(args, "sessions_dir", None)
-    if sessions_dir is not None:
-        os.environ["SESSIONS_DIR"] = str(sessions_dir)
+        config = self.config_for(backend)
+        options: dict[str, Any] = {}
+        if config.backend == FIRESTORE:
+            options["firestore_client"] = self.firestore_client()  # shared, closed by close()
+        return create_user_session_manager_from_config(config, **options)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -276,9 +358,9 @@ def _fail_usage(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def _run_async(make: Callable[[Any], Any], env: Env) -> Any:
+def _run_async(make: Callable[[UserSessionManager], Any], env: Env, backend: str | None = None) -> Any:
     async def runner() -> Any:
-        manager = env.manager()
+        manager = env.manager(backend)
         try:
             return await make(manager)
         finally:
@@ -302,10 +384,12 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, datetime.datetime):
         return value.isoformat(timespec="seconds")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value) if value else "-"
     return str(value)
 
 
-def _kv(data: dict[str, Any], indent: str = "") -> str:
+def _kv(data: Mapping[str, Any], indent: str = "") -> str:
     lines = []
     for k, v in data.items():
         if isinstance(v, dict):
@@ -316,44 +400,112 @@ def _kv(data: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def _bulk_text(report: migrate.BulkReport, verb: str) -> str:
+def _is_conflict(item: migrate.ImportItem) -> bool:
+    """Skipped because the destination holds another login (a source without an auth key has no fingerprint)."""
+    return item.status == migrate.SKIPPED and item.fingerprint is not None
+
+
+#: With at most this many sessions, the text output names every one of them.
+_LIST_ALL_UP_TO = 20
+
+
+def _bulk_text(report: migrate.BulkReport, verb: str, verbose: bool) -> str:
     counts = report.counts()
     lines = [
-        f"{verb}: {len(report.items)} session(s) in {report.elapsed:.1f}s "
+        f"{verb}: {len(report.items)} session(s) in {report.elapsed:.1f}s: "
         + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
     ]
     if report.commits:
         lines.append(f"firestore: {report.writes} document writes in {report.commits} commits, {report.reads} reads")
+    show_all = verbose or len(report.items) <= _LIST_ALL_UP_TO
     for item in report.items:
-        if item.status in (migrate.FAILED, migrate.SKIPPED):
-            lines.append(f"  {item.status}: {item.user_id or '?'} ({item.source}): {item.reason}")
+        if item.status in (migrate.FAILED, migrate.SKIPPED) or show_all:
+            detail = f": {item.reason}" if item.reason else ""
+            lines.append(f"  {item.status}: {item.user_id or '?'} ({item.source}){detail}")
+    if any(_is_conflict(i) for i in report.items):
+        lines.append("Sessions skipped for holding another login were left untouched; --overwrite replaces them.")
     if report.failed:
         lines.append("Fix the failures and run the same command again: what is already there stays unchanged.")
     return "\n".join(lines)
+
+
+class GracefulStop:
+    """The first Ctrl-C asks a bulk command to stop after the current session; a second one stops at once.
+
+    Stopping between sessions keeps every session written whole, and lets a
+    Firestore import commit what it has pending. Call the object to ask whether
+    a stop was requested. Outside the main thread, or when SIGINT is ignored,
+    nothing is installed and Ctrl-C keeps its usual meaning.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True  # nothing is printed here: a handler must not write to a stream mid-write
+
+    def __enter__(self) -> GracefulStop:
+        try:
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+
+#: ``run(progress, report, stop)`` of a bulk command: fills ``report``, asks ``stop()`` between sessions.
+BulkRun = Callable[[migrate.ProgressCallback, migrate.BulkReport, Callable[[], bool]], migrate.BulkReport]
 
 
 def _bulk(
     env: Env,
     out: Output,
     verb: str,
-    run: Callable[[migrate.ProgressCallback, migrate.BulkReport], migrate.BulkReport],
+    run: BulkRun,
+    total: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> int:
     progress = Progress.for_stream(verb, out.stderr, disabled=env.args.json or env.args.no_progress)
     report = migrate.BulkReport()
     interrupted = False
-    try:
-        run(progress, report)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.close()
+    with GracefulStop() as stop:
+        try:
+            run(progress, report, stop)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.close()
+    interrupted = interrupted or stop.requested
+    conflicts = [i for i in report.items if _is_conflict(i)]
     data = report.as_dict()
+    data["ok"] = not (interrupted or report.failed or conflicts)
     data["interrupted"] = interrupted
-    text = _bulk_text(report, verb)
+    data["conflicts"] = len(conflicts)
+    data["not_attempted"] = max(0, total - len(report.items)) if (interrupted and total is not None) else 0
+    data["backend"] = env.backend
+    data.update(extra or {})
+    text = _bulk_text(report, verb, env.args.verbose > 0)
     if interrupted:
-        text += "\ninterrupted: the sessions listed went in; run the command again to do the rest."
+        rest = f" {data['not_attempted']} were not imported;" if total is not None else ""
+        text += (
+            f"\ninterrupted: the {len(report.items)} session(s) listed are done;{rest} "
+            "run the same command again to do the rest."
+        )
     out.emit(data, text)
-    return EXIT_PARTIAL if (interrupted or report.failed) else EXIT_OK
+    return EXIT_OK if data["ok"] else EXIT_PARTIAL
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -362,25 +514,33 @@ def _bulk(
 def cmd_info(env: Env, out: Output) -> int:
     from .config import get_deployment_info
 
-    info = dict(get_deployment_info(env.config))
+    info = get_deployment_info(env.config)
     health = _run_async(lambda m: m.health_check(), env)
     data = {"deployment": info, "health": health}
     out.emit(data, lambda: _kv(data))
-    status = str(health.get("status", "")) if isinstance(health, dict) else ""
-    return EXIT_OK if status == "healthy" else EXIT_PARTIAL
+    return EXIT_OK if health.get("status") == "healthy" else EXIT_PARTIAL
 
 
 def cmd_list(env: Env, out: Output) -> int:
     sessions = _run_async(lambda m: m.list_user_sessions(), env)
-    rows = [s if isinstance(s, dict) else {"user_id": s} for s in sessions]
-    columns = ["user_id", *sorted({k for r in rows for k in r if k != "user_id"})]
-    out.emit(rows, lambda: _table(rows, columns))
+    rows = [dataclasses.asdict(s) for s in sessions]
+    columns = [
+        "user_id",
+        "logged_in",
+        "login_pending",
+        "last_active_at",
+        "registered_at",
+        "custom_api",
+        "in_use_by",
+    ]
+    data = {"backend": env.backend, "bot_id": env.bot_id, "sessions": [s.as_dict() for s in sessions]}
+    out.emit(data, lambda: _table(rows, columns))
     return EXIT_OK
 
 
 def cmd_stats(env: Env, out: Output) -> int:
     stats = _run_async(lambda m: m.get_session_stats(), env)
-    out.emit(stats, lambda: _kv(dict(stats)))
+    out.emit(stats, lambda: _kv(stats))
     return EXIT_OK
 
 
@@ -392,12 +552,13 @@ def _describe_session(env: Env, user_id: str, backend: str) -> dict[str, Any]:
         snap = migrate.read_session(session)
     finally:
         session.close()
+    info = _run_async(lambda m: m.for_user(user_id).info(), env, backend)
     common = snap.update_states.get(0)
     return {
         "user_id": user_id,
         "bot_id": env.bot_id,
         "backend": backend,
-        "logged_in": snap.auth_key is not None,
+        "has_auth_key": snap.auth_key is not None,
         "auth_key_fingerprint": snap.fingerprint,
         "dc_id": snap.dc_id,
         "server_address": snap.server_address,
@@ -408,37 +569,54 @@ def _describe_session(env: Env, user_id: str, backend: str) -> dict[str, Any]:
         "update_states": len(snap.update_states),
         "pts": common.pts if common is not None else None,
         "updates_date": common.date if common is not None else None,
+        "logged_in": info.logged_in if info is not None else None,
+        "login_pending": info.login_pending if info is not None else None,
+        "registered_at": info.registered_at if info is not None else None,
+        "last_active_at": info.last_active_at if info is not None else None,
+        "custom_api": info.custom_api if info is not None else None,
+        "in_use_by": info.in_use_by if info is not None else None,
     }
 
 
 def cmd_show(env: Env, out: Output) -> int:
-    data = _describe_session(env, env.args.user, env.args.from_backend or env.backend)
+    backend = _backend_name(env.args.from_backend) or env.backend
+    data = _describe_session(env, env.args.user, backend)
     out.emit(data, lambda: _kv(data))
     return EXIT_OK
 
 
 def _read_secret_string(args: argparse.Namespace) -> str:
     if args.string_file:
-        return Path(args.string_file).read_text(encoding="ascii").strip()
-    if sys.stdin.isatty():
+        try:
+            text = Path(args.string_file).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail_usage(f"cannot read --string-file {args.string_file}: {exc}")
+    elif sys.stdin.isatty():
         import getpass
 
-        return getpass.getpass("StringSession (input hidden): ").strip()
-    return sys.stdin.read().strip()
+        text = getpass.getpass("StringSession (input hidden): ").strip()
+    else:
+        text = sys.stdin.read().strip()
+    if not text:
+        _fail_usage("no StringSession string was given (on standard input, or with --string-file)")
+    return text
 
 
 def cmd_import(env: Env, out: Output) -> int:
     a = env.args
-    kinds = sum(bool(x) for x in (a.paths, a.string, a.legacy))
+    string = a.string or a.string_file is not None
+    kinds = sum(bool(x) for x in (a.paths, string, a.legacy))
     if kinds != 1:
-        _fail_usage("give .session files or directories, or --string, or --legacy (exactly one of them)")
+        _fail_usage("give .session files or directories, or --string/--string-file, or --legacy (exactly one)")
+    if a.no_legacy_backup and not a.legacy:
+        _fail_usage("--no-legacy-backup only goes with --legacy")
     if a.legacy:
-        user_ids = [a.user] if a.user else None
+        user_ids = a.user if a.user else None
+        legacy_destination = env.firestore_destination()
 
-        def run_legacy(progress: migrate.ProgressCallback, report: migrate.BulkReport) -> migrate.BulkReport:
-            kwargs: dict[str, Any] = {}
-            if env.cipher is not None:
-                kwargs["destination"] = env.destination("firestore")
+        def run_legacy(
+            progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+        ) -> migrate.BulkReport:
             return migrate.import_legacy_documents(
                 env.firestore_client(),
                 env.bot_id,
@@ -447,35 +625,52 @@ def cmd_import(env: Env, out: Output) -> int:
                 keep_backup=not a.no_legacy_backup,
                 progress=progress,
                 report=report,
-                **kwargs,
+                destination=legacy_destination,
+                stop=stop,
             )
 
-        return _bulk(env, out, "import", run_legacy)
-    if a.string:
-        if not a.user:
+        return _bulk(env, out, "import", run_legacy, total=len(user_ids) if user_ids else None)
+    if a.user is not None and len(a.user) > 1:
+        _fail_usage("--user can be given once, except with --legacy")
+    user = a.user[0] if a.user else None
+    if string:
+        if user is None:
             _fail_usage("--string needs --user USER_ID: a string session does not say whose it is")
-        string = _read_secret_string(a)
+        text = _read_secret_string(a)
 
-        def run_string(progress: migrate.ProgressCallback, report: migrate.BulkReport) -> migrate.BulkReport:
-            return migrate.import_string_session(
-                string, a.user, env.destination(), overwrite=a.overwrite, report=report
+        def run_string(
+            progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+        ) -> migrate.BulkReport:
+            return migrate.import_snapshots(
+                [("string", user, functools.partial(migrate.read_string_session, text))],
+                env.destination(),
+                total=1,
+                overwrite=a.overwrite,
+                progress=progress,
+                report=report,
+                stop=stop,
             )
 
-        return _bulk(env, out, "import", run_string)
+        return _bulk(env, out, "import", run_string, total=1)
     paths = [Path(p) for p in a.paths]
     for p in paths:
         if not p.exists():
             _fail_usage(f"{p} does not exist")
     files = migrate.session_files(paths)
-    if a.user and len(files) != 1:
+    if not files:
+        _fail_usage("no .session files found in " + ", ".join(str(p) for p in paths))
+    if user is not None and len(files) != 1:
         _fail_usage("--user can only be used with a single .session file")
+    destination = env.destination()
 
-    def run_files(progress: migrate.ProgressCallback, report: migrate.BulkReport) -> migrate.BulkReport:
+    def run_files(
+        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+    ) -> migrate.BulkReport:
         return migrate.import_session_files(
-            files, env.destination(), user_id=a.user, overwrite=a.overwrite, progress=progress, report=report
+            files, destination, user_id=user, overwrite=a.overwrite, progress=progress, report=report, stop=stop
         )
 
-    return _bulk(env, out, "import", run_files)
+    return _bulk(env, out, "import", run_files, total=len(files))
 
 
 def _write_private(path: Path, data: str, *, force: bool) -> None:
@@ -491,13 +686,21 @@ def _write_private(path: Path, data: str, *, force: bool) -> None:
 
 def cmd_export(env: Env, out: Output) -> int:
     a = env.args
-    fmt = a.format or ("session" if a.output and str(a.output).endswith(".session") else "string")
+    to_stdout = not a.output or a.output == "-"
+    fmt = a.format or ("session" if not to_stdout and str(a.output).endswith(".session") else "string")
     if not a.include_secrets:
         _fail_usage(
             "an export contains the auth key, a full login to the account; "
             "add --include-secrets to confirm that you want it written out"
         )
-    backend = a.from_backend or env.backend
+    if fmt == "session" and to_stdout:
+        _fail_usage("--format session writes a file: give --output PATH")
+    if fmt == "string" and to_stdout and out.stdout.isatty() and not a.yes_print_secret:
+        _fail_usage(
+            "refusing to print a login secret on a terminal: write it to a file with --output PATH, "
+            "pipe it to another program, or add --yes-print-secret"
+        )
+    backend = _backend_name(a.from_backend) or env.backend
     if not env.exists(a.user, backend):
         raise SessionError(f"no {backend} session for user {a.user!r} of bot {env.bot_id!r}")
     session = env.open(a.user, backend)
@@ -508,26 +711,35 @@ def cmd_export(env: Env, out: Output) -> int:
     if not snap.auth_key:
         raise SessionError(f"user {a.user!r} has no auth key (not logged in); there is nothing to export")
     if fmt == "session":
-        if not a.output or a.output == "-":
-            _fail_usage("--format session writes a file: give --output PATH")
         path, report = migrate.export_session_file(snap, a.output, overwrite=a.overwrite)
-        data = {"user_id": a.user, "path": str(path), "format": "session", **report.as_dict()}
-        out.emit(data, f"{report.status}: {path} (mode 0600, auth key {report.fingerprint}) {report.reason}")
+        data = {"user_id": a.user, "backend": backend, "path": str(path), "format": "session", **report.as_dict()}
+        extra = f" ({report.reason})" if report.reason else ""
+        text = f"{report.status}: {path} (mode 0600, auth key {report.fingerprint}){extra}"
+        if report.status == migrate.SKIPPED:
+            text += "\nThe file holds another login and was left untouched; --overwrite replaces it."
+        out.emit(data, text)
         return EXIT_OK if report.status != migrate.SKIPPED else EXIT_PARTIAL
-    string = migrate.export_string_session(snap)
-    if a.output and a.output != "-":
+    try:
+        string = migrate.export_string_session(snap)
+    except ValueError as exc:
+        raise SessionError(f"user {a.user!r}: {exc}") from None
+    if not to_stdout:
         path = Path(a.output)
         _write_private(path, string, force=a.force)
-        data = {"user_id": a.user, "path": str(path), "format": "string", "fingerprint": snap.fingerprint}
+        data = {
+            "user_id": a.user,
+            "backend": backend,
+            "path": str(path),
+            "format": "string",
+            "fingerprint": snap.fingerprint,
+        }
         out.emit(data, f"wrote {path} (mode 0600, auth key {snap.fingerprint})")
         return EXIT_OK
-    if out.stdout.isatty() and not a.yes_print_secret:
-        _fail_usage(
-            "refusing to print a login secret on a terminal: write it to a file with --output PATH, "
-            "pipe it to another program, or add --yes-print-secret"
-        )
     if a.json:
-        out.emit({"user_id": a.user, "format": "string", "string_session": string}, "")
+        out.emit(
+            {"user_id": a.user, "backend": backend, "format": "string", "string_session": string},
+            "",
+        )
     else:
         out.stdout.write(string + "\n")
         out.stdout.flush()
@@ -535,67 +747,82 @@ def cmd_export(env: Env, out: Output) -> int:
 
 
 def _user_sources(
-    user_ids: Sequence[str], open_session: Callable[[str], Session], where: str
+    env: Env, user_ids: Sequence[str], backend: str, *, check: bool
 ) -> Iterator[tuple[str, str | None, Callable[[], migrate.SessionSnapshot]]]:
+    """Sources that read each user's session from ``backend``.
+
+    With ``check`` (ids named on the command line) a missing session is reported as
+    failed, instead of being opened, which would create an empty local file.
+    """
+
     def reader(uid: str) -> migrate.SessionSnapshot:
-        session = open_session(uid)
+        if check and not env.exists(uid, backend):
+            raise SessionError(f"no {backend} session for user {uid!r} of bot {env.bot_id!r}")
+        session = env.open(uid, backend)
         try:
             return migrate.read_session(session)
         finally:
             session.close()
 
     for uid in user_ids:
-        yield f"{where}:{uid}", uid, functools.partial(reader, uid)
+        yield f"{backend}:{uid}", uid, functools.partial(reader, uid)
 
 
 def cmd_backup(env: Env, out: Output) -> int:
     a = env.args
-    user_ids = a.user or env.local_user_ids()
-    sources = _user_sources(user_ids, env.open_local, "local")
+    user_ids = a.user or env.user_ids(SQLITE)
+    destination = env.destination(FIRESTORE)
+    sources = _user_sources(env, user_ids, SQLITE, check=bool(a.user))
 
-    def run(progress: migrate.ProgressCallback, report: migrate.BulkReport) -> migrate.BulkReport:
+    def run(
+        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+    ) -> migrate.BulkReport:
         return migrate.import_snapshots(
             sources,
-            env.destination("firestore"),
+            destination,
             total=len(user_ids),
             overwrite=a.overwrite,
             progress=progress,
             report=report,
+            stop=stop,
         )
 
-    return _bulk(env, out, "backup", run)
+    return _bulk(env, out, "backup", run, total=len(user_ids))
 
 
 def cmd_restore(env: Env, out: Output) -> int:
     a = env.args
-    user_ids = a.user or list(env.firestore_user_ids())
-    sources = _user_sources(user_ids, env.open_firestore, "firestore")
+    user_ids = a.user or env.user_ids(FIRESTORE)
+    destination = env.destination(SQLITE)
+    sources = _user_sources(env, user_ids, FIRESTORE, check=bool(a.user))
 
-    def run(progress: migrate.ProgressCallback, report: migrate.BulkReport) -> migrate.BulkReport:
+    def run(
+        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+    ) -> migrate.BulkReport:
         return migrate.import_snapshots(
             sources,
-            env.destination("local"),
+            destination,
             total=len(user_ids),
             overwrite=a.overwrite,
             progress=progress,
             report=report,
+            stop=stop,
         )
 
-    return _bulk(env, out, "restore", run)
+    return _bulk(env, out, "restore", run, total=len(user_ids))
 
 
 def cmd_cleanup(env: Env, out: Output) -> int:
     a = env.args
     if a.days < 0:
         _fail_usage("--days must be zero or more")
-    removed = _run_async(lambda m: m.cleanup_inactive_sessions(days=a.days, dry_run=a.dry_run), env)
-    items = list(removed) if not isinstance(removed, dict) else removed
-    data = {"dry_run": a.dry_run, "days": a.days, "removed": items}
+    removed: list[str] = _run_async(lambda m: m.cleanup_inactive_sessions(days=a.days, dry_run=a.dry_run), env)
+    data = {"backend": env.backend, "dry_run": a.dry_run, "days": a.days, "removed": removed}
     verb = "would remove" if a.dry_run else "removed"
 
     def text() -> str:
-        ids = [r.get("user_id", r) if isinstance(r, dict) else r for r in items]
-        return f"{verb} {len(ids)} session(s) inactive for {a.days}+ days" + "".join(f"\n  {i}" for i in ids)
+        head = f"{verb} {len(removed)} session(s) inactive for {a.days}+ days"
+        return head + "".join(f"\n  {uid}" for uid in removed)
 
     out.emit(data, text)
     return EXIT_OK
@@ -614,36 +841,75 @@ def cmd_delete(env: Env, out: Output) -> int:
     from ._ids import validate_id
 
     user = validate_id("user_id", a.user)
+    bot_id = env.bot_id  # a configuration error comes before the question
     if not a.yes and not _confirm(
-        out, f"Delete every stored record of user {user} of bot {env.bot_id}? Type the user id to confirm: ", user
+        out, f"Delete every stored record of user {user} of bot {bot_id}? Type the user id to confirm: ", user
     ):
-        _fail_usage("not confirmed: pass --yes to delete without asking")
-    result = _run_async(lambda m: m.delete_user_session(user, log_out=a.log_out), env)
-    data = {"user_id": user, "deleted": bool(result)}
-    out.emit(data, f"deleted the session of {user}" if result else f"no session of {user} to delete")
+        _fail_usage("not confirmed: pass --yes to delete without asking (standard input is not a terminal)")
+    existed = bool(_run_async(lambda m: m.delete_user_session(user, log_out=a.log_out), env))
+    data = {"user_id": user, "backend": env.backend, "deleted": existed}
+    out.emit(data, f"deleted the session of {user}" if existed else f"no session of {user} to delete")
     return EXIT_OK
+
+
+RESEALED = "resealed"
 
 
 def cmd_rotate_key(env: Env, out: Output) -> int:
-    if env.cipher is None:
+    cipher = env.cipher
+    if cipher is None:
         raise ConfigError("SESSION_ENCRYPTION_KEY", "is not set: there is no key to re-seal with")
+    backend = env.backend
+    if backend == SQLITE:
+        from . import sqlite
+
+        if not hasattr(sqlite, "rotate_sqlite_sessions"):
+            _fail_usage("this version cannot re-seal SQLite sessions yet; rotate-key works on the firestore backend")
     from .config import rotate_sessions
 
-    resealed = rotate_sessions(env.config, user_id=env.args.user)
-    data = {"resealed": resealed, "key_id": env.cipher.key_id}
-    out.emit(data, lambda: _kv(data))
-    return EXIT_OK
+    a = env.args
+    if a.user and not env.exists(a.user):
+        raise SessionError(f"no {backend} session for user {a.user!r} of bot {env.bot_id!r}")
+    user_ids = [a.user] if a.user else env.user_ids(backend)
+
+    def run(
+        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+    ) -> migrate.BulkReport:
+        # One user at a time, so that the report says which sessions were re-sealed and which were not.
+        start = time.monotonic()
+        try:
+            for uid in user_ids:
+                if stop():
+                    break
+                source = f"{backend}:{uid}"
+                try:
+                    if rotate_sessions(env.config, user_id=uid):
+                        item = migrate.ImportItem(source, uid, RESEALED)
+                    else:
+                        item = migrate.ImportItem(source, uid, migrate.UNCHANGED, "already sealed with the current key")
+                except SessionError as exc:
+                    cause = next(iter(getattr(exc, "failures", ())), exc)  # SessionRotationError wraps it
+                    item = migrate.ImportItem(source, uid, migrate.FAILED, f"{type(cause).__name__}: {cause}")
+                report.items.append(item)
+                progress(len(report.items), len(user_ids), item)
+        finally:
+            report.elapsed = time.monotonic() - start
+        return report
+
+    return _bulk(env, out, "rotate-key", run, total=len(user_ids), extra={"key_id": cipher.key_id})
 
 
 def cmd_keygen(env: Env, out: Output) -> int:
-    from .crypto import generate_key
+    from .crypto import SessionCipher, generate_key
 
     key = generate_key()
-    out.emit({"key": key, "variable": "SESSION_ENCRYPTION_KEY"}, key)
+    key_id = SessionCipher(key).key_id
+    out.emit({"key": key, "key_id": key_id, "variable": "SESSION_ENCRYPTION_KEY"}, key)
     if not env.args.json:
         out.note(
-            "Store it as SESSION_ENCRYPTION_KEY (a secret env var on Render) and keep a copy: "
-            "without it, sealed sessions cannot be opened."
+            f"Key id {key_id}. Store it as SESSION_ENCRYPTION_KEY (a secret env var on Render) and keep a copy: "
+            "without it, sealed sessions cannot be opened. To replace a key, move the old one to "
+            f"SESSION_ENCRYPTION_OLD_KEYS and run `{PROG} rotate-key`."
         )
     return EXIT_OK
 
@@ -651,15 +917,15 @@ def cmd_keygen(env: Env, out: Output) -> int:
 # -- doctor -----------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
 class Check:
-    def __init__(self, name: str, status: str, detail: str, fix: str = "") -> None:
-        self.name = name
-        self.status = status  # ok, warn, fail
-        self.detail = detail
-        self.fix = fix
+    name: str
+    status: str  # ok, warn, fail
+    detail: str
+    fix: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+        return dataclasses.asdict(self)
 
 
 def _doctor_checks(env: Env) -> Iterator[Check]:
@@ -668,14 +934,19 @@ def _doctor_checks(env: Env) -> Iterator[Check]:
     except ConfigError as exc:
         yield Check("config", "fail", str(exc), f"set {exc.variable} (see the README's environment table)")
         return
-    yield Check("config", "ok", f"backend={env.backend} bot_id={env.bot_id}")
-    cipher_check = _check_encryption(env)
-    yield cipher_check
-    if env.backend == "firestore" or os.environ.get("FIRESTORE_EMULATOR_HOST"):
+    yield Check("config", "ok", f"backend={config.backend} bot_id={config.bot_id} ({config.backend_reason})")
+    yield _check_encryption(env)
+    if config.backend == FIRESTORE:
         yield from _check_firestore(env)
-    if env.backend == "sqlite":
+    elif config.emulator_host or config.project:
+        # Firestore is only needed for backup and restore here: its problems are warnings.
+        for check in _check_firestore(env):
+            if check.status == "fail":
+                check.status = "warn"
+                check.detail += " (needed only for backup and restore)"
+            yield check
+    if config.backend == SQLITE:
         yield from _check_local(env)
-    del config
 
 
 def _check_encryption(env: Env) -> Check:
@@ -684,13 +955,15 @@ def _check_encryption(env: Env) -> Check:
             "encryption",
             "warn",
             "SESSION_ENCRYPTION_KEY is not set: auth keys are stored in the clear",
-            f"run `{PROG} keygen` and set SESSION_ENCRYPTION_KEY, then `{PROG} rotate-key`",
+            f"run `{PROG} keygen`, set SESSION_ENCRYPTION_KEY, then run `{PROG} rotate-key`",
         )
-    return Check("encryption", "ok", "auth keys are sealed (AES-256-GCM)")
+    pii = ", usernames, phones and names too" if env.config.encrypt_pii else ""
+    return Check("encryption", "ok", f"auth keys are sealed (AES-256-GCM, key id {env.cipher.key_id}){pii}")
 
 
 def _check_firestore(env: Env) -> Iterator[Check]:
-    host = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    config = env.config
+    host = config.emulator_host
     if host:
         import urllib.request
 
@@ -705,15 +978,28 @@ def _check_firestore(env: Env) -> Iterator[Check]:
                 "start the emulator (gcloud emulators firestore start) or unset FIRESTORE_EMULATOR_HOST",
             )
             return
-        yield Check("emulator", "ok" if ok else "warn", f"FIRESTORE_EMULATOR_HOST={host} answers")
+        yield Check(
+            "emulator",
+            "ok" if ok else "warn",
+            f"FIRESTORE_EMULATOR_HOST={host} answers" + ("" if ok else ", but not like a Firestore emulator"),
+        )
     else:
-        try:
-            import google.auth
+        info = config.deployment_info()
+        if config.project is None:
+            yield Check(
+                "project",
+                "fail",
+                "no Google Cloud project is set",
+                "set FIREBASE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT), or use FIREBASE_CREDENTIALS with a project_id",
+            )
+            return
+        yield Check("project", "ok", f"project {config.project}")
+        if config.credentials_info is None and config.credentials_file is None:
+            try:
+                import google.auth
 
-            _, project = google.auth.default()
-            yield Check("credentials", "ok", f"application default credentials found (project {project or '-'})")
-        except Exception as exc:  # noqa: BLE001 - reported as a finding
-            if not (os.environ.get("FIREBASE_CREDENTIALS") or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")):
+                google.auth.default()
+            except Exception as exc:  # noqa: BLE001 - reported as a finding
                 yield Check(
                     "credentials",
                     "fail",
@@ -722,7 +1008,7 @@ def _check_firestore(env: Env) -> Iterator[Check]:
                     "or FIRESTORE_EMULATOR_HOST for the emulator",
                 )
                 return
-            yield Check("credentials", "ok", "service-account credentials configured")
+        yield Check("credentials", "ok", str(info.get("credentials", "configured")))
     try:
         client = env.firestore_client()
         start = time.monotonic()
@@ -731,13 +1017,21 @@ def _check_firestore(env: Env) -> Iterator[Check]:
         ms = (time.monotonic() - start) * 1000
     except Exception as exc:  # noqa: BLE001 - reported as a finding
         name = type(exc).__name__
-        fix = "grant the service account the Cloud Datastore User role (roles/datastore.user)"
-        if name not in ("PermissionDenied", "Forbidden"):
-            fix = "check the project id, the network, and that Firestore (native mode) is enabled in the project"
-        yield Check("firestore", "fail", f"cannot read bots/{env.bot_id}/user_sessions ({name}: {exc})", fix)
+        fix = "check the project id, the network, and that Firestore (native mode) is enabled in the project"
+        if name in ("PermissionDenied", "Forbidden", "Unauthenticated"):
+            fix = "grant the service account the Cloud Datastore User role (roles/datastore.user) in the project"
+        yield Check("firestore", "fail", f"cannot read bots/{env.bot_id}/user_sessions ({name})", fix)
         return
-    yield Check("firestore", "ok", f"read bots/{env.bot_id}/user_sessions in {ms:.0f} ms ({len(docs)} doc sampled)")
+    yield Check(
+        "firestore", "ok", f"read bots/{env.bot_id}/user_sessions in {ms:.0f} ms ({len(docs)} document sampled)"
+    )
     yield from _check_leases_and_legacy(env, client)
+    try:
+        values = _firestore_auth_keys(env, client)
+    except Exception as exc:  # noqa: BLE001 - reported as a finding
+        yield Check("sealing", "warn", f"cannot read the stored auth keys ({type(exc).__name__})")
+        return
+    yield from _check_sealing(env, values)
 
 
 def _check_leases_and_legacy(env: Env, client: firestore.Client) -> Iterator[Check]:
@@ -746,28 +1040,115 @@ def _check_leases_and_legacy(env: Env, client: firestore.Client) -> Iterator[Che
     col = client.collection("bots").document(env.bot_id).collection("user_sessions")
     now = datetime.datetime.now(datetime.timezone.utc)
     try:
-        held = list(col.where(filter=FieldFilter("lease.expires_at", ">", now)).limit(50).get(timeout=10))
-        legacy = list(col.where(filter=FieldFilter(migrate.LEGACY_FIELD, ">", "")).limit(1).get(timeout=10))
+        held = list(
+            col.where(filter=FieldFilter("lease.expires_at", ">", now)).select(["lease"]).limit(50).get(timeout=10)
+        )
+        legacy = list(col.where(filter=FieldFilter(migrate.LEGACY_FIELD, ">", "")).select([]).limit(1).get(timeout=10))
     except Exception as exc:  # noqa: BLE001 - reported as a finding
         yield Check("leases", "warn", f"cannot query leases ({type(exc).__name__})")
         return
     if held:
-        holders = sorted({str((s.to_dict() or {}).get("lease", {}).get("holder")) for s in held})
+        holders = sorted({str(((s.to_dict() or {}).get("lease") or {}).get("holder")) for s in held})
         yield Check(
             "leases",
             "ok",
-            f"{len(held)} session(s) currently held by running instances: {', '.join(holders)}",
-            "normal while the bot runs; a lease of a crashed instance expires by itself",
+            f"{len(held)} session(s) in use by running instances now: {', '.join(holders)}",
+            "normal while the bot runs; a crashed instance's lease expires by itself",
         )
     else:
-        yield Check("leases", "ok", "no session is held by a running instance")
+        yield Check("leases", "ok", "no session is in use by a running instance")
     if legacy:
         yield Check(
             "legacy",
             "warn",
-            "documents in the original base64 session_data layout exist; this library cannot open them yet",
-            f"run `{PROG} import --legacy` (it keeps a backup in legacy_session_data)",
+            "documents in the original system's base64 session_data layout exist; sessions cannot open them",
+            f"run `{PROG} import --legacy` (it keeps the original in legacy_session_data)",
         )
+
+
+#: Sessions whose auth keys ``doctor`` looks at.
+_SEAL_SAMPLE = 20
+
+
+def _firestore_auth_keys(env: Env, client: firestore.Client) -> list[tuple[str, bytes]]:
+    col = client.collection("bots").document(env.bot_id).collection("user_sessions")
+    values = []
+    for snap in col.select(["auth_key"]).limit(_SEAL_SAMPLE).get(timeout=10):
+        value = (snap.to_dict() or {}).get("auth_key")
+        if isinstance(value, bytes) and value:
+            values.append((snap.id, value))
+    return values
+
+
+def _sqlite_auth_keys(files: Sequence[Path]) -> list[tuple[str, bytes]]:
+    """Raw ``auth_key`` column values, read-only and without the session's lock (a running bot is not disturbed)."""
+    import sqlite3
+
+    values = []
+    for path in files[:_SEAL_SAMPLE]:
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+        except sqlite3.Error:
+            continue
+        try:
+            row = conn.execute("select auth_key from sessions").fetchone()
+        except sqlite3.Error:
+            continue
+        finally:
+            conn.close()
+        if row is not None and isinstance(row[0], bytes) and row[0]:
+            values.append((migrate.user_id_from_filename(path), row[0]))
+    return values
+
+
+def _check_sealing(env: Env, values: Sequence[tuple[str, bytes]]) -> Iterator[Check]:
+    """Do the stored auth keys match the configured keys? Looks at key ids only; never prints a value."""
+    from .crypto import is_sealed
+
+    if not values:
+        return
+    cipher = env.cipher
+    plain: list[str] = []
+    current: list[str] = []
+    old: list[str] = []
+    unknown: list[str] = []
+    for uid, value in values:
+        if len(value) == migrate.AUTH_KEY_SIZE or not is_sealed(value):
+            plain.append(uid)
+        elif cipher is None:
+            unknown.append(uid)
+        else:
+            kid = cipher.sealed_with(value)
+            (current if kid == cipher.key_id else old if kid in cipher.key_ids else unknown).append(uid)
+    sampled = f"of {len(values)} sampled session(s) with an auth key"
+    if unknown:
+        if cipher is None:
+            yield Check(
+                "sealing",
+                "fail",
+                f"{len(unknown)} {sampled} are sealed (e.g. user {unknown[0]}), but SESSION_ENCRYPTION_KEY is not set",
+                "set SESSION_ENCRYPTION_KEY to the key that sealed them",
+            )
+        else:
+            yield Check(
+                "sealing",
+                "fail",
+                f"{len(unknown)} {sampled} are sealed with a key that is not configured (e.g. user {unknown[0]})",
+                "set SESSION_ENCRYPTION_KEY to the key that sealed them, or add that key to "
+                f"SESSION_ENCRYPTION_OLD_KEYS and run `{PROG} rotate-key`",
+            )
+        return
+    if cipher is None:
+        return  # all plaintext: the encryption check already says so
+    if plain or old:
+        yield Check(
+            "sealing",
+            "warn",
+            f"{len(plain)} {sampled} hold a plaintext auth key, {len(old)} one sealed with an old key",
+            f"run `{PROG} rotate-key` to seal them with the current key",
+        )
+    else:
+        yield Check("sealing", "ok", f"{len(current)} {sampled} are sealed with the current key")
 
 
 def _mode(path: Path) -> int:
@@ -778,10 +1159,15 @@ def _check_local(env: Env) -> Iterator[Check]:
     base = env.sessions_dir
     bot_dir = base / env.bot_id
     if not base.exists():
-        yield Check("sessions_dir", "ok", f"{base} does not exist yet; it is created (0700) on first use")
+        yield Check("sessions_dir", "ok", f"{base} does not exist yet; it is created (mode 0700) on first use")
         return
-    if not os.access(base, os.W_OK | os.X_OK):
-        yield Check("sessions_dir", "fail", f"{base} is not writable by this user", f"chown or chmod u+rwx {base}")
+    if not os.access(base, os.W_OK | os.X_OK) or (bot_dir.exists() and not os.access(bot_dir, os.W_OK | os.X_OK)):
+        yield Check(
+            "sessions_dir",
+            "fail",
+            f"{base} (or {bot_dir}) is not writable by this user",
+            f"chown or chmod u+rwx {base} {bot_dir}",
+        )
         return
     problems = [p for p in (base, bot_dir) if p.exists() and _mode(p) & 0o077]
     if problems:
@@ -804,19 +1190,48 @@ def _check_local(env: Env) -> Iterator[Check]:
             f"{len(loose)} session file(s) readable by other users (e.g. {loose[0].name})",
             f"chmod 600 {bot_dir}/user_*.session",
         )
-    locked = [f.name for f in files if _is_locked(f)]
+    locked_inodes = _flock_inodes()
+    locked = [f.name for f in files if _is_locked(f, locked_inodes)]
     if locked:
         yield Check(
             "locks",
             "ok",
-            f"{len(locked)} of {len(files)} session file(s) are open in another process: {', '.join(locked[:10])}",
+            f"{len(locked)} of {len(files)} session file(s) are open in a running process: {', '.join(locked[:10])}",
             "normal while the bot runs; stop it before restore --overwrite or delete",
         )
     else:
-        yield Check("locks", "ok", f"{len(files)} session file(s), none open in another process")
+        yield Check("locks", "ok", f"{len(files)} session file(s), none open in a running process")
+    yield from _check_sealing(env, _sqlite_auth_keys(files))
 
 
-def _is_locked(path: Path) -> bool:
+def _flock_inodes() -> set[int] | None:
+    """Inodes with a ``flock`` lock held, from ``/proc/locks`` (Linux); ``None`` where it does not exist.
+
+    Reading the table takes no lock, so a bot opening its session at that moment is never disturbed.
+    Only the inode is compared: overlay file systems (containers) report another device there.
+    """
+    try:
+        text = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    inodes: set[int] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->" or parts[1] != "FLOCK":
+            continue
+        try:
+            inodes.add(int(parts[5].rsplit(":", 1)[1]))
+        except (IndexError, ValueError):
+            continue
+    return inodes
+
+
+def _is_locked(path: Path, locked_inodes: set[int] | None) -> bool:
+    if locked_inodes is not None:
+        try:
+            return path.stat().st_ino in locked_inodes
+        except OSError:
+            return False
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -838,6 +1253,7 @@ def _is_locked(path: Path) -> bool:
 def cmd_doctor(env: Env, out: Output) -> int:
     checks = list(_doctor_checks(env))
     marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    failed = sum(c.status == "fail" for c in checks)
 
     def text() -> str:
         lines = []
@@ -845,14 +1261,13 @@ def cmd_doctor(env: Env, out: Output) -> int:
             lines.append(f"[{marks[c.status]}] {c.name}: {c.detail}")
             if c.fix and c.status != "ok":
                 lines.append(f"       fix: {c.fix}")
-        failed = sum(c.status == "fail" for c in checks)
         lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
         return "\n".join(lines)
 
-    out.emit({"checks": [c.as_dict() for c in checks]}, text)
+    out.emit({"ok": not failed, "checks": [c.as_dict() for c in checks]}, text)
     if any(c.name == "config" and c.status == "fail" for c in checks):
         return EXIT_USAGE
-    return EXIT_PARTIAL if any(c.status == "fail" for c in checks) else EXIT_OK
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -863,7 +1278,12 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     default = argparse.SUPPRESS if suppress else None
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("configuration (overrides the environment)")
-    g.add_argument("--backend", choices=["local", "firestore"], default=default, help="sets USE_LOCAL_STORAGE")
+    g.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=default,
+        help="local (= sqlite, per-user files) or firestore; sets USE_LOCAL_STORAGE",
+    )
     g.add_argument("--bot-id", default=default, metavar="BOT_ID", help="sets BOT_ID")
     g.add_argument("--sessions-dir", default=default, metavar="DIR", help="sets SESSIONS_DIR")
     o = p.add_argument_group("output")
@@ -898,20 +1318,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    from_help = "backend to read (default: the configured one)"
     add("info", cmd_info, "deployment info, backend and health")
     add("list", cmd_list, "list the stored sessions of the bot")
     add("stats", cmd_stats, "session statistics")
     p = add("show", cmd_show, "one session's metadata (the auth key only as a fingerprint)")
     p.add_argument("user", metavar="USER")
-    p.add_argument("--from", dest="from_backend", choices=["local", "firestore"], help="backend to read")
+    p.add_argument("--from", dest="from_backend", choices=BACKEND_CHOICES, help=from_help)
 
-    p = add("import", cmd_import, "import .session files, a directory, a StringSession, or the original layout")
+    p = add(
+        "import",
+        cmd_import,
+        "import .session files, a directory of them, a StringSession, or the original Firestore layout",
+    )
     p.add_argument("paths", nargs="*", metavar="PATH", help=".session files or directories of them")
-    p.add_argument("--user", help="user id for a single file or a string (default: from user_<id>.session)")
+    p.add_argument(
+        "--user",
+        action="append",
+        help="user id for a single file or a string (default: from user_<id>.session); "
+        "with --legacy, only this user (repeatable)",
+    )
     p.add_argument("--string", action="store_true", help="import a StringSession read from stdin (or --string-file)")
     p.add_argument("--string-file", metavar="FILE", help="read the StringSession from FILE")
     p.add_argument(
-        "--legacy", action="store_true", help="convert bots/{bot_id}/user_sessions/* base64 session_data in place"
+        "--legacy",
+        action="store_true",
+        help="convert the original system's bots/{bot_id}/user_sessions/* base64 session_data in place (Firestore)",
     )
     p.add_argument("--no-legacy-backup", action="store_true", help="with --legacy: do not keep legacy_session_data")
     p.add_argument("--overwrite", action="store_true", help="replace sessions that hold a different login")
@@ -924,7 +1356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes-print-secret", action="store_true", help="allow printing the secret on a terminal")
     p.add_argument("--force", action="store_true", help="replace an existing string file")
     p.add_argument("--overwrite", action="store_true", help="replace a .session file holding another login")
-    p.add_argument("--from", dest="from_backend", choices=["local", "firestore"], help="backend to read")
+    p.add_argument("--from", dest="from_backend", choices=BACKEND_CHOICES, help=from_help)
 
     p = add("backup", cmd_backup, "copy local sessions to Firestore")
     p.add_argument("--user", action="append", help="only this user (repeatable)")
@@ -958,6 +1390,14 @@ def _setup_logging(verbosity: int) -> None:
     )
 
 
+def _is_google_api_error(exc: BaseException) -> bool:
+    try:
+        from google.api_core.exceptions import GoogleAPIError
+    except ImportError:  # pragma: no cover - a dependency
+        return False
+    return isinstance(exc, GoogleAPIError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -967,24 +1407,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     _setup_logging(args.verbose)
     out = Output(args.json)
-    _apply_overrides(args)
-    env = Env(args)
+    env = Env(args, _environment(args))
+    command = args.command
     try:
         return int(args.func(env, out))
     except UsageError as exc:
-        out.note(f"{PROG} {args.command}: error: {exc}")
-        return EXIT_USAGE
+        return out.error(command, "error", exc, EXIT_USAGE)
     except (ConfigError, InvalidSessionIdError) as exc:
-        out.note(f"{PROG} {args.command}: configuration error: {exc}")
-        return EXIT_USAGE
-    except SessionInUseError as exc:
-        out.note(f"{PROG} {args.command}: {exc}")
-        return EXIT_PARTIAL
+        return out.error(command, "configuration", exc, EXIT_USAGE)
+    except SessionDecryptionError as exc:
+        # A wrong or missing SESSION_ENCRYPTION_KEY (nothing was written).
+        return out.error(command, "configuration", exc, EXIT_USAGE)
     except (SessionError, OSError) as exc:
-        out.note(f"{PROG} {args.command}: error: {exc}")
+        return out.error(command, "error", exc, EXIT_PARTIAL)
+    except KeyboardInterrupt as exc:
+        out.note(f"{PROG} {command}: interrupted")
+        if out.as_json:
+            out.emit({"ok": False, "exit_code": EXIT_PARTIAL, "error": {"type": type(exc).__name__}}, "")
         return EXIT_PARTIAL
-    except KeyboardInterrupt:
-        out.note(f"{PROG} {args.command}: interrupted")
-        return EXIT_PARTIAL
+    except Exception as exc:
+        if not _is_google_api_error(exc):
+            raise
+        log.debug("Firestore call failed", exc_info=True)
+        return out.error(command, "firestore", exc, EXIT_PARTIAL)
     finally:
         env.close()
