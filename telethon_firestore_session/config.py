@@ -188,7 +188,7 @@ class SessionConfig:
     api_hash: str | None = None
     bot_token: str | None = None
     project: str | None = None
-    credentials_info: Mapping[str, Any] | None = None
+    credentials_info: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
     credentials_file: str | None = None
     emulator_host: str | None = None
     cipher: SessionCipher | None = None
