@@ -10,7 +10,7 @@ update states and one sent file each), then imports the directory with
 * Firestore commits, document writes and RPCs (counted at the gRPC layer);
 * peak Python memory (tracemalloc) for N and for N/10 sessions: bounded memory
   means the two peaks are about the same, not 10x apart;
-* the time of a second run over the same files (everything ``unchanged``).
+* the time and reads of a second run over the same files (everything ``unchanged``).
 """
 
 from __future__ import annotations
@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  outcome         {report.counts()}")
 
-            again, elapsed2, _, _, writes2 = run_import(client, big_dir, "bench", trace=False)
-            print(f"\nsecond run over the same files: {elapsed2:.2f} s, {again.counts()}, {writes2} commits")
+            again, elapsed2, _, reads2, writes2 = run_import(client, big_dir, "bench", trace=False)
+            print(
+                f"\nsecond run over the same files: {elapsed2:.2f} s, {again.counts()}, {writes2} commits, "
+                f"{reads2} reads (the document, then its entities and sent files to merge: 3 per session)"
+            )
 
             emu.reset(PROJECT)
             r_small, _, peak_small, _, _ = run_import(client, small_dir, "small", trace=True)
