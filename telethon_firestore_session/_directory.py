@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._ids import SessionKey, validate_id
 from ._lease import FirestoreLease, LeaseInfo, parse_lease
 from .errors import (
+    ConfigError,
     InvalidSessionIdError,
     SessionCorruptError,
     SessionDecryptionError,
@@ -714,6 +715,9 @@ class SQLiteDirectory(SessionDirectory):
     (maintained by :class:`~telethon_firestore_session.sqlite.ScopedSQLiteSession`)
     and the meta file's own (written when the manager opens or closes the session).
     Meta files are replaced atomically (temporary file, fsync, rename).
+
+    :param cipher: seals the per-user metadata's secrets and, in the sessions, the auth key.
+    :param encrypt_pii: the sessions also seal entity usernames, phones and names (needs ``cipher``).
     """
 
     backend = "sqlite"
@@ -724,10 +728,14 @@ class SQLiteDirectory(SessionDirectory):
         bot_id: str,
         *,
         cipher: SessionCipher | None = None,
+        encrypt_pii: bool = False,
     ) -> None:
         from .sqlite import session_path
 
+        if encrypt_pii and cipher is None:
+            raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         super().__init__(bot_id, cipher=cipher)
+        self.encrypt_pii = encrypt_pii
         self.sessions_dir = Path(sessions_dir)
         # session_path validates the ids and refuses a bot directory outside sessions_dir.
         self.bot_dir = session_path(self.sessions_dir, SessionKey(self.bot_id, "probe")).parent
@@ -827,6 +835,8 @@ class SQLiteDirectory(SessionDirectory):
             user_id,
             bot_id=self.bot_id,
             sessions_dir=self.sessions_dir,
+            cipher=self.cipher,
+            encrypt_pii=self.encrypt_pii,
             flush_interval=flush_interval,
             close_timeout=close_timeout,
         )

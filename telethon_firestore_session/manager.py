@@ -234,7 +234,9 @@ class UserSessionManager:
     :param firestore_client: a ``google.cloud.firestore.Client`` (else one is built
         from ``project``/``GOOGLE_CLOUD_PROJECT`` and closed by :meth:`aclose`).
     :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`: seals
-        auth keys (Firestore), per-user ``api_hash`` and pending logins (both backends).
+        auth keys, per-user ``api_hash`` and pending logins (both backends).
+    :param encrypt_pii: also seal entity usernames, phone numbers and names in the
+        sessions, looked up through blind indexes (both backends; needs ``cipher``).
     :param directory: a ready :class:`~telethon_firestore_session._directory.SessionDirectory`
         (overrides ``bot_id``/``backend``/``sessions_dir``/``firestore_client``).
     :param api_id: default Telegram API id for users without their own.
@@ -295,7 +297,7 @@ class UserSessionManager:
             if bot_id is None:
                 raise ConfigError("BOT_ID", "the manager needs a bot_id")
             if backend == "sqlite":
-                directory = SQLiteDirectory(sessions_dir, bot_id, cipher=cipher)
+                directory = SQLiteDirectory(sessions_dir, bot_id, cipher=cipher, encrypt_pii=encrypt_pii)
             elif backend == "firestore":
                 owns = firestore_client is None
                 if firestore_client is None:

@@ -202,6 +202,9 @@ def read_session(session: Session | SessionSnapshot) -> SessionSnapshot:
         snap.entities = list(session.iter_entities())
         snap.files = dict(session.iter_files())
     elif isinstance(session, SQLiteSession):
+        where = str(session.filename)
+        _check_auth_key(h.auth_key, where)
+        _refuse_sealed_entities(session._cursor(), where)
         snap.entities, snap.files = _read_sqlite_records(session._cursor(), _sqlite_version(session._cursor()))
     elif _is_memory(session):
         snap.entities = _memory_entities(session)
@@ -229,6 +232,19 @@ def _sqlite_version(cur: sqlite3.Cursor) -> int | None:
         return int(row[0]) if row else None
     finally:
         cur.close()
+
+
+def _refuse_sealed_entities(cur: sqlite3.Cursor, where: str) -> None:
+    """A file whose entity fields ScopedSQLiteSession sealed (``encrypt_pii``) holds blind indexes, not names."""
+    try:
+        sealed = cur.execute("select 1 from sqlite_master where type='table' and name='tfs_sealed_entities'").fetchone()
+    finally:
+        cur.close()
+    if sealed is not None:
+        raise SessionCorruptError(
+            f"{where}: its usernames, phones and names are sealed by telethon-firestore-session encryption "
+            "(open it with ScopedSQLiteSession and the key instead)"
+        )
 
 
 def _columns(cur: sqlite3.Cursor, table: str) -> set[str]:
@@ -339,6 +355,7 @@ def _read_telethon_db(conn: sqlite3.Connection, where: str) -> SessionSnapshot:
         snap.auth_key = _check_auth_key(bytes(values["auth_key"]) if values.get("auth_key") else None, where)
         snap.takeout_id = values.get("takeout_id")
     snap.update_states = _read_sqlite_states(conn.cursor())
+    _refuse_sealed_entities(conn.cursor(), where)
     snap.entities, snap.files = _read_sqlite_records(conn.cursor(), version)
     return snap
 

@@ -14,6 +14,44 @@ While a store is open it holds an exclusive ``flock`` on its ``.session`` file, 
 second process (or a second session object in this process) that opens the same user
 gets :class:`~telethon_firestore_session.errors.SessionInUseError` instead of
 "database is locked" or, worse, ``AuthKeyDuplicatedError`` from Telegram.
+
+Encryption at rest (``cipher=``, see :mod:`telethon_firestore_session.crypto`):
+
+* ``sessions.auth_key`` holds the sealed envelope (256 + 36 bytes) instead of the
+  256-byte key, bound to ``bot_id/user_id`` and the field ``auth_key`` exactly as in
+  Firestore. A plaintext key (a file written without a cipher, or by Telethon) is read
+  and sealed by the next ``save()``; one sealed with an old key is re-sealed then.
+* With ``encrypt_pii=True`` entity usernames, phone numbers and display names are
+  sealed too, without changing Telethon's ``entities`` table (Telethon inserts
+  ``values (?,?,?,?,?,?)`` into it)::
+
+      entities(id, hash, username, phone, name, date)     username/phone/name hold "bi:" + blind index
+      tfs_sealed_entities(id primary key, username, phone, name)   the sealed values (blobs)
+
+  The blind index (a keyed hash, see :meth:`SessionCipher.blind_index`) sits in the
+  columns that the ``tfs_entities_*`` indexes already cover, so a lookup by username,
+  phone or name is one indexed ``where column in (plaintext, "bi:" + index under each
+  key)`` query joined with the side table by primary key: no scan, no plaintext. A
+  field counts as sealed when its column starts with ``bi:`` *and* the side table has
+  a value for it; the opened value must hash to that index, else the row was changed
+  outside this library and reading it raises. Rows written before ``encrypt_pii`` was
+  on (plaintext columns, no side row) are still found by their plaintext and are
+  sealed when they are next written, or by :func:`rotate_sqlite_sessions`. A row that
+  plain Telethon rewrote in plaintext is read as plaintext (its stale side row is
+  ignored, and dropped on our next write of that row).
+* With a cipher the connection runs with ``pragma secure_delete=on`` (replaced
+  values are zeroed, not left in free space), and a save or rotation that replaces a
+  plaintext or old-key value checkpoints and truncates the write-ahead log at once.
+* Failures never write: the sessions row is read and opened before the file is
+  switched to WAL mode or changed in any way (through a read-only connection when a
+  ``-wal`` file is left over, because closing a writable connection would checkpoint
+  it). A wrong or missing key, a tampered value or one copied from another user's
+  file raises :class:`~telethon_firestore_session.errors.SessionDecryptionError`,
+  naming the file and the field, and leaves the file byte for byte as it was.
+* Plain ``telethon.sessions.SQLiteSession`` still opens a sealed file (it is a valid
+  schema-8 file) but gets the envelope as its auth key, which Telegram does not know:
+  its client fails with ``AuthKeyNotFound``. It keeps the sealed bytes as they are
+  when it saves, so the file still opens here with the key.
 """
 
 from __future__ import annotations
@@ -32,17 +70,22 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from telethon.tl import types
 
 from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
 from ._ids import SessionKey, validate_id
+from .crypto import SessionCipher, is_sealed
 from .errors import (
+    ConfigError,
     InvalidSessionIdError,
     SchemaVersionError,
     SessionCorruptError,
+    SessionDecryptionError,
+    SessionError,
     SessionInUseError,
+    SessionRotationError,
     SessionStoreError,
 )
 
@@ -57,6 +100,7 @@ __all__ = [
     "ScopedSQLiteSession",
     "list_sqlite_sessions",
     "read_metadata",
+    "rotate_sqlite_sessions",
     "session_path",
 ]
 
@@ -122,6 +166,24 @@ _INDEXES = (
     "create index if not exists tfs_entities_name on entities(name)",
 )
 _LOOKUP_FIELDS = frozenset({"username", "phone", "name"})
+
+#: Entity fields sealed with ``encrypt_pii=True``, in column order.
+PII_FIELDS = ("username", "phone", "name")
+ENTITIES = "entities"
+#: Our side table of sealed entity fields; Telethon ignores it.
+SEALED_ENTITIES = "tfs_sealed_entities"
+_SEALED_TABLE = f"{SEALED_ENTITIES} (id integer primary key, username blob, phone blob, name blob)"
+#: A sealed field's column in ``entities`` holds this prefix and the field's blind index.
+BLIND_INDEX_PREFIX = "bi:"
+_INSERT_SEALED = f"insert or replace into {SEALED_ENTITIES} (id, username, phone, name) values (?, ?, ?, ?)"  # noqa: S608
+_DELETE_SEALED = f"delete from {SEALED_ENTITIES} where id = ?"  # noqa: S608
+_UPDATE_PII = "update entities set username = ?, phone = ?, name = ? where id = ?"
+_ENTITY_COLUMNS = "e.id, e.hash, e.username, e.phone, e.name, e.date"
+_SELECT_PLAIN = f"select {_ENTITY_COLUMNS} from entities e"  # noqa: S608 - fixed names
+_SELECT_SEALED = (
+    f"select {_ENTITY_COLUMNS}, s.username, s.phone, s.name "  # noqa: S608 - fixed names
+    f"from entities e left join {SEALED_ENTITIES} s on s.id = e.id"
+)
 
 # Paths locked by a store of this process. Checked before opening the file at all:
 # closing any descriptor of a file drops every POSIX lock this process holds on it,
@@ -409,6 +471,28 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"pragma table_info({table})").fetchall()}
 
 
+def _wal_size(path: Path) -> int:
+    """Bytes in the write-ahead log beside ``path`` (0 if there is none)."""
+    try:
+        return os.stat(f"{path}-wal").st_size
+    except FileNotFoundError:
+        return 0
+
+
+# How the auth key is stored in a file that was opened.
+_KEY_NONE = "none"
+_KEY_CURRENT = "current"  # plaintext without a cipher, or sealed with the current key
+_KEY_PLAINTEXT = "plaintext"  # plaintext, with a cipher: sealed on the next save()
+_KEY_OLD = "old-key"  # sealed with an old key: re-sealed on the next save()
+
+
+class _Opened(NamedTuple):
+    """The sessions row of a file as it was opened (auth key opened), and how its key was stored."""
+
+    header: SessionHeader | None
+    state: str
+
+
 def _state_from_row(pts: Any, qts: Any, date: Any, seq: Any) -> types.updates.State:
     return types.updates.State(
         int(pts or 0),
@@ -439,13 +523,28 @@ class SQLiteStore(Store):
     by ``load()`` and again, lazily, by any later call after ``close()``.
     """
 
-    def __init__(self, key: SessionKey, sessions_dir: str | os.PathLike[str] = "sessions") -> None:
+    def __init__(
+        self,
+        key: SessionKey,
+        sessions_dir: str | os.PathLike[str] = "sessions",
+        *,
+        cipher: SessionCipher | None = None,
+        encrypt_pii: bool = False,
+    ) -> None:
+        if encrypt_pii and cipher is None:
+            raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         self.key = key
         self.sessions_dir, self.bot_dir = _bot_dir(sessions_dir, key.bot_id)
         self.path = session_path(sessions_dir, key)
         self.where = f"sqlite:{self.path}"
+        self.cipher = cipher
+        self.encrypt_pii = encrypt_pii
+        self._context = str(key)  # what sealed values are bound to: bot_id/user_id
         self._lock = threading.RLock()
         self._handle: _Handle | None = None
+        self._opened: _Opened | None = None  # the sessions row as read (and opened) when the file was opened
+        self._sealed_table = False  # the file has our side table of sealed entity fields
+        self._purge_due = False  # a plaintext or old-key auth key is on disk until the next header write
         self._metadata_due = False  # written since metadata.json was last refreshed
         self._wrote = False  # written since the file was opened (close() records the final size)
         self._metadata_at = -math.inf
@@ -460,7 +559,7 @@ class SQLiteStore(Store):
         if session_path(self.sessions_dir, self.key) != self.path:
             raise InvalidSessionIdError(f"session {self.key}: {self.path} now resolves elsewhere")
 
-    def _lock_file(self) -> tuple[int, str]:
+    def _lock_file(self, create: bool = True) -> tuple[int, str]:
         flock = _require_flock()
         held_key = str(self.path)
         with _held_lock:
@@ -468,10 +567,12 @@ class SQLiteStore(Store):
                 raise SessionInUseError(self.where, "another session object in this process")
             _held.add(held_key)
         try:
-            _make_private_dirs(self.bot_dir)
+            if create:
+                _make_private_dirs(self.bot_dir)
             self._check_path()
+            flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
             for _ in range(10):
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
+                fd = os.open(self.path, flags, _FILE_MODE)
                 try:
                     flock.flock(fd, flock.LOCK_EX | flock.LOCK_NB)
                 except BlockingIOError:
@@ -499,39 +600,76 @@ class SQLiteStore(Store):
                 _held.discard(held_key)
             raise
 
-    def _conn(self) -> sqlite3.Connection:
-        """The open connection (call with ``self._lock`` held); opens file and lock if needed."""
+    def _conn(self, *, create: bool = True) -> sqlite3.Connection:
+        """The open connection (call with ``self._lock`` held); opens file and lock if needed.
+
+        Opening reads and checks the schema and the sessions row (opening a sealed
+        auth key) before anything is written; only then is the file prepared.
+        """
         handle = self._handle
         if handle is not None:
             return handle.conn
         try:
-            fd, held_key = self._lock_file()
+            fd, held_key = self._lock_file(create)
         except OSError as exc:
             raise SessionStoreError(f"cannot open {self.where}: {type(exc).__name__}: {exc}") from exc
         try:
+            if _wal_size(self.path):
+                # Closing a writable connection checkpoints a left-over -wal into the file:
+                # check what we are about to open without one.
+                self._check_read_only()
             conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             _release_fd(fd, held_key)
             raise SessionStoreError(f"cannot open {self.where}: {exc}") from exc
+        except BaseException:
+            _release_fd(fd, held_key)
+            raise
         handle = _Handle(conn, fd, held_key)
         try:
-            self._prepare(conn)
-        except sqlite3.OperationalError as exc:
-            handle.close()
-            raise SessionStoreError(f"cannot open {self.where}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            handle.close()
-            raise SessionCorruptError(
-                f"{self.where}: cannot read it as a Telethon session ({exc}); the file was not modified"
-            ) from exc
+            with self._reading_errors():
+                tables, version = self._inspect(conn)
+                opened = self._read_header(conn, tables)
+                self._prepare(conn, tables, version)
         except BaseException:
             handle.close()
             raise
+        self._opened = opened
         self._handle = handle
         return conn
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Check the schema (before changing anything), switch to WAL, create or upgrade tables."""
+    @contextlib.contextmanager
+    def _reading_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise SessionStoreError(f"cannot open {self.where}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise SessionCorruptError(
+                f"{self.where}: cannot read it as a Telethon session ({exc}); the file was not modified"
+            ) from exc
+
+    def _check_read_only(self) -> None:
+        """Check the schema and open the sessions row through a read-only connection."""
+        try:
+            ro = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
+        except sqlite3.Error as exc:
+            log.debug("%s: no read-only check (%s); checking through the writable connection", self.where, exc)
+            return
+        try:
+            tables, _ = self._inspect(ro)
+            self._read_header(ro, tables)
+        except sqlite3.OperationalError as exc:
+            log.debug("%s: no read-only check (%s); checking through the writable connection", self.where, exc)
+        except sqlite3.DatabaseError as exc:
+            raise SessionCorruptError(
+                f"{self.where}: cannot read it as a Telethon session ({exc}); the file was not modified"
+            ) from exc
+        finally:
+            ro.close()
+
+    def _inspect(self, conn: sqlite3.Connection) -> tuple[set[str], int | None]:
+        """The file's tables and Telethon schema version (``None`` for a new file); reads only."""
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
         version: int | None = None
         if tables:
@@ -547,10 +685,43 @@ class SQLiteStore(Store):
                 raise SchemaVersionError(self.where, version, SCHEMA_VERSION)
             if version < 1:
                 raise SessionCorruptError(f"{self.where}: schema version {version} is invalid; not modified")
+            if "sessions" not in tables:
+                raise SessionCorruptError(
+                    f"{self.where}: Telethon's sessions table is missing; the file was not modified"
+                )
+        return tables, version
+
+    def _read_header(self, conn: sqlite3.Connection, tables: set[str]) -> _Opened:
+        """The sessions row with its auth key opened; reads only (any schema version)."""
+        if "sessions" not in tables:
+            return _Opened(None, _KEY_NONE)
+        cur = conn.execute("select * from sessions limit 1")
+        try:
+            names = [d[0] for d in cur.description]
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        if row is None:
+            return _Opened(None, _KEY_NONE)
+        values = dict(zip(names, row, strict=True))
+        auth_key, state = self._decode_auth_key(values.get("auth_key"))
+        header = SessionHeader(
+            int(values.get("dc_id") or 0),
+            values.get("server_address"),
+            values.get("port"),
+            auth_key,
+            values.get("takeout_id"),
+        )
+        return _Opened(header, state)
+
+    def _prepare(self, conn: sqlite3.Connection, tables: set[str], version: int | None) -> None:
+        """Switch to WAL, create or upgrade tables (the first writes; the file was checked before)."""
         mode = conn.execute("pragma journal_mode=wal").fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
             raise SessionStoreError(f"{self.where}: cannot switch the file to WAL mode (got {mode})")
         conn.execute("pragma synchronous=normal")
+        if self.cipher is not None:
+            conn.execute("pragma secure_delete=on")  # replaced values are zeroed, not left in free space
         conn.execute("begin immediate")
         try:
             if version is None:
@@ -564,10 +735,13 @@ class SQLiteStore(Store):
                 log.info("upgraded %s from Telethon schema version %d to %d", self.where, version, SCHEMA_VERSION)
             for stmt in _INDEXES:
                 conn.execute(stmt)
+            if self.encrypt_pii:
+                conn.execute(f"create table if not exists {_SEALED_TABLE}")
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
+        self._sealed_table = self.encrypt_pii or SEALED_ENTITIES in tables
 
     @staticmethod
     def _upgrade(conn: sqlite3.Connection, old: int) -> None:
@@ -610,26 +784,111 @@ class SQLiteStore(Store):
                 self._wrote = False
                 self._refresh_metadata()
 
-    # -- auth key encoding (the hook for a cipher) ------------------------------------------
+    # -- sealing ---------------------------------------------------------------------------
+
+    def _open(self, value: bytes, field: str) -> bytes:
+        if self.cipher is None:
+            raise SessionDecryptionError(
+                self.where,
+                field,
+                "the value is sealed but no encryption key is configured (pass cipher=, or set SESSION_ENCRYPTION_KEY)",
+            )
+        try:
+            return self.cipher.open(value, where=self._context, field=field)
+        except SessionDecryptionError as exc:
+            raise SessionDecryptionError(self.where, field, exc.reason) from None
 
     def _encode_auth_key(self, key: bytes | None) -> bytes:
-        """The value stored in ``sessions.auth_key`` (Telethon stores ``b''`` for no key)."""
-        return key or b""
+        """The value stored in ``sessions.auth_key``: sealed with a cipher (Telethon stores ``b''`` for no key)."""
+        if not key:
+            return b""
+        if self.cipher is None:
+            return key
+        return self.cipher.seal(key, where=self._context, field="auth_key")
 
-    def _decode_auth_key(self, value: object) -> bytes | None:
-        """The auth key from a ``sessions.auth_key`` value."""
+    def _decode_auth_key(self, value: object) -> tuple[bytes | None, str]:
+        """The auth key from a ``sessions.auth_key`` value, and how it is stored (``_KEY_*``)."""
         if value is None:
-            return None
+            return None, _KEY_NONE
         if not isinstance(value, (bytes, memoryview)):
             raise SessionCorruptError(f"{self.where}: the auth key is not a blob; the file was not modified")
-        key = bytes(value)
-        if not key:
-            return None
-        if len(key) != AUTH_KEY_SIZE:
-            raise SessionCorruptError(
-                f"{self.where}: the auth key has {len(key)} bytes, not {AUTH_KEY_SIZE}; the file was not modified"
+        raw = bytes(value)
+        if not raw:
+            return None, _KEY_NONE
+        # A plaintext auth key is 256 bytes and a sealed one never is, so a plaintext
+        # key that happens to start like an envelope is still read as plaintext.
+        if len(raw) == AUTH_KEY_SIZE:
+            return raw, (_KEY_PLAINTEXT if self.cipher is not None else _KEY_CURRENT)
+        if is_sealed(raw):
+            key = self._open(raw, "auth_key")
+            assert self.cipher is not None
+            if len(key) != AUTH_KEY_SIZE:
+                raise SessionCorruptError(
+                    f"{self.where}: the opened auth key has {len(key)} bytes, not {AUTH_KEY_SIZE}; "
+                    "the file was not modified"
+                )
+            return key, (_KEY_OLD if self.cipher.needs_reseal(raw) else _KEY_CURRENT)
+        if self.cipher is not None:
+            raise SessionDecryptionError(
+                self.where,
+                "auth_key",
+                f"the stored value has {len(raw)} bytes and is neither a plaintext auth key nor a sealed one: "
+                "it was modified or truncated",
             )
-        return key
+        raise SessionCorruptError(
+            f"{self.where}: the auth key has {len(raw)} bytes, not {AUTH_KEY_SIZE}; the file was not modified"
+        )
+
+    def _seal_fields(self, row: EntityRow) -> tuple[list[str | None], list[bytes | None]]:
+        """The ``entities`` columns (blind indexes) and side-table values (sealed) of a row."""
+        cipher = self.cipher
+        assert cipher is not None
+        columns: list[str | None] = []
+        sealed: list[bytes | None] = []
+        for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
+            if not value:
+                columns.append(None)
+                sealed.append(None)
+            else:
+                columns.append(BLIND_INDEX_PREFIX + cipher.blind_index(value, where=self._context, field=f))
+                sealed.append(cipher.seal_text(value, where=self._context, field=f"{ENTITIES}/{row.id}/{f}"))
+        return columns, sealed
+
+    def _field_value(self, eid: int, f: str, column: Any, sealed: Any) -> str | None:
+        """One entity field: the opened sealed value, or the column's plaintext."""
+        if sealed is None or not (isinstance(column, str) and column.startswith(BLIND_INDEX_PREFIX)):
+            # Plaintext: written without encrypt_pii, or rewritten by plain Telethon (a stale side value).
+            if column is None or column == "":
+                return None
+            return str(column)  # the phone column has integer affinity
+        field = f"{ENTITIES}/{eid}/{f}"
+        raw = self._open(bytes(sealed), field)
+        cipher = self.cipher
+        assert cipher is not None
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SessionDecryptionError(self.where, field, "the opened value is not UTF-8") from None
+        if column[len(BLIND_INDEX_PREFIX) :] not in cipher.blind_indexes(value, where=self._context, field=f):
+            raise SessionDecryptionError(
+                self.where,
+                field,
+                "the blind index in the entities table does not belong to the sealed value: "
+                "the row was changed outside telethon-firestore-session",
+            )
+        return value
+
+    def _entity(self, row: Sequence[Any]) -> EntityRow:
+        """An entity from a row of ``_SELECT_PLAIN`` or ``_SELECT_SEALED``, opening sealed fields."""
+        if len(row) == 6 or (row[6] is None and row[7] is None and row[8] is None):
+            return _entity_from_row(row[:6])
+        eid = int(row[0])
+        username, phone, name = (self._field_value(eid, f, row[2 + i], row[6 + i]) for i, f in enumerate(PII_FIELDS))
+        return EntityRow(eid, int(row[1]), username, phone, name, int(row[5] or 0))
+
+    def _select(self) -> str:
+        """The entity query for this file (call after ``_conn()``)."""
+        return _SELECT_SEALED if self._sealed_table else _SELECT_PLAIN
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -637,24 +896,28 @@ class SQLiteStore(Store):
         """Open the file and read the sessions row and the update states (never the entities)."""
         try:
             with self._lock:
+                fresh = self._handle is None
                 conn = self._conn()
+                opened = self._opened
                 try:
-                    row = conn.execute(
-                        "select dc_id, server_address, port, auth_key, takeout_id from sessions limit 1"
-                    ).fetchone()
+                    if not fresh or opened is None:
+                        opened = self._read_header(conn, {"sessions"})
                     states = {
                         int(sid): _state_from_row(pts, qts, date, seq)
                         for sid, pts, qts, date, seq in conn.execute("select id, pts, qts, date, seq from update_state")
                     }
                 except sqlite3.DatabaseError as exc:
                     raise SessionCorruptError(f"{self.where}: cannot read the session ({exc})") from exc
-                if row is None and not states:
+                if opened.header is None and not states:
                     return None
-                header = SessionHeader(0, None, None, None, None)
-                if row is not None:
-                    dc_id, server, port, auth_key, takeout = row
-                    header = SessionHeader(int(dc_id or 0), server, port, self._decode_auth_key(auth_key), takeout)
-                return StoredSession(header=header, update_states=states)
+                rewrite = opened.state in (_KEY_PLAINTEXT, _KEY_OLD)
+                if opened.state == _KEY_PLAINTEXT:
+                    log.info("%s: plaintext auth key; it is sealed on the next save()", self.where)
+                elif opened.state == _KEY_OLD:
+                    log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
+                self._purge_due = rewrite
+                header = opened.header or SessionHeader(0, None, None, None, None)
+                return StoredSession(header=header, update_states=states, needs_rewrite=rewrite)
         except BaseException:
             self.close()  # a session that failed to open must not keep the lock
             raise
@@ -664,15 +927,9 @@ class SQLiteStore(Store):
             return None
         marks = ",".join("?" * len(ids))
         with self._lock:
-            rows = (
-                self._conn()
-                .execute(
-                    f"select id, hash, username, phone, name, date from entities where id in ({marks})",  # noqa: S608
-                    tuple(ids),
-                )
-                .fetchall()
-            )
-        found = {r.id: r for r in map(_entity_from_row, rows)}
+            conn = self._conn()
+            rows = conn.execute(f"{self._select()} where e.id in ({marks})", tuple(ids)).fetchall()
+        found = {r.id: r for r in map(self._entity, rows)}
         for i in ids:
             if i in found:
                 return found[i]
@@ -681,17 +938,40 @@ class SQLiteStore(Store):
     def find_entity(self, field: str, value: str) -> EntityRow | None:
         if field not in _LOOKUP_FIELDS:
             raise ValueError(f"cannot look entities up by {field!r}")
+        order = "order by coalesce(e.date, 0) desc, e.rowid desc"
         with self._lock:
-            row = (
-                self._conn()
-                .execute(
-                    f"select id, hash, username, phone, name, date from entities where {field} = ? "  # noqa: S608
-                    "order by coalesce(date, 0) desc, rowid desc limit 1",
-                    (value,),
+            conn = self._conn()
+            if not self._sealed_table:
+                row = conn.execute(f"{_SELECT_PLAIN} where e.{field} = ? {order} limit 1", (value,)).fetchone()
+                return _entity_from_row(row) if row is not None else None
+            # Sealed rows are found by their blind index under any accepted key; rows
+            # written before encrypt_pii was on, by their plaintext. One indexed query.
+            indexes: frozenset[str] = frozenset()
+            if self.cipher is not None:
+                indexes = frozenset(
+                    BLIND_INDEX_PREFIX + bi for bi in self.cipher.blind_indexes(value, where=self._context, field=field)
                 )
-                .fetchone()
-            )
-        return _entity_from_row(row) if row is not None else None
+            keys = (value, *indexes)
+            marks = ",".join("?" * len(keys))
+            rows = conn.execute(f"{_SELECT_SEALED} where e.{field} in ({marks}) {order}", keys).fetchall()
+        i = PII_FIELDS.index(field)
+        failed: SessionDecryptionError | None = None
+        for row in rows:
+            if row[2 + i] in indexes and row[6 + i] is None:
+                continue  # a blind index without its sealed value answers nothing
+            try:
+                entity = self._entity(row)
+            except SessionDecryptionError as exc:
+                # A row that does not open (copied from elsewhere, changed outside) never
+                # hides the real owner of the value: try the next one.
+                log.warning("%s: skipping entity %s in a lookup: %s", self.where, row[0], exc.reason)
+                failed = failed or exc
+                continue
+            if row[2 + i] not in indexes or getattr(entity, field) == value:
+                return entity  # found by the plaintext value, or by the blind index of the value
+        if failed is not None:
+            raise failed
+        return None
 
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
         with self._lock:
@@ -710,16 +990,10 @@ class SQLiteStore(Store):
         last = -(2**63)  # the smallest SQLite integer
         while True:
             with self._lock:
-                rows = (
-                    self._conn()
-                    .execute(
-                        "select id, hash, username, phone, name, date from entities where id > ? order by id limit ?",
-                        (last, _PAGE),
-                    )
-                    .fetchall()
-                )
+                conn = self._conn()
+                rows = conn.execute(f"{self._select()} where e.id > ? order by e.id limit ?", (last, _PAGE)).fetchall()
             for row in rows:
-                yield _entity_from_row(row)
+                yield self._entity(row)
             if len(rows) < _PAGE:
                 return
             last = rows[-1][0]
@@ -773,14 +1047,34 @@ class SQLiteStore(Store):
                         raise
                 finally:
                     conn.execute("pragma synchronous=normal")
+                if self._purge_due:
+                    # The plaintext (or old-key) auth key is still in the main file until a
+                    # checkpoint copies the new page over it: do that now.
+                    self._purge_due = False
+                    self._checkpoint(conn)
         except sqlite3.Error as exc:
             raise SessionStoreError(f"cannot write {self.where}: {type(exc).__name__}: {exc}") from exc
         self._wrote = True
         self._refresh_metadata()
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the write-ahead log into the file and truncate it (replaced values leave the disk)."""
+        row = conn.execute("pragma wal_checkpoint(truncate)").fetchone()
+        if row is not None and row[0]:
+            log.debug("%s: the checkpoint could not finish (a reader); it completes on close", self.where)
+
     def write_changes(self, changes: Changes) -> None:
         """Write entities, update states and sent files in one transaction (background thread)."""
-        entity_rows = [(r.id, r.hash, r.username, r.phone, r.name, r.date) for r in changes.entities.values()]
+        entity_rows: list[tuple[Any, ...]] = []
+        sealed_rows: list[tuple[Any, ...]] = []
+        if self.encrypt_pii:
+            # Sealed here, in the writer's thread: the hot path never pays for it.
+            for r in changes.entities.values():
+                columns, sealed = self._seal_fields(r)
+                entity_rows.append((r.id, r.hash, *columns, r.date))
+                sealed_rows.append((r.id, *sealed))
+        else:
+            entity_rows = [(r.id, r.hash, r.username, r.phone, r.name, r.date) for r in changes.entities.values()]
         state_rows = [(sid, s.pts, s.qts, int(s.date.timestamp()), s.seq) for sid, s in changes.states.items()]
         file_rows = [(k[0], k[1], k[2], v[0], v[1]) for k, v in changes.files.items()]
         with self._lock:
@@ -793,6 +1087,11 @@ class SQLiteStore(Store):
                         "values (?, ?, ?, ?, ?, ?)",
                         entity_rows,
                     )
+                    if sealed_rows:
+                        conn.executemany(_INSERT_SEALED, sealed_rows)
+                    elif self._sealed_table:
+                        # Written in plaintext now: their sealed values are stale.
+                        conn.executemany(_DELETE_SEALED, [(r[0],) for r in entity_rows])
                 if state_rows:
                     conn.executemany(
                         "insert or replace into update_state (id, pts, qts, date, seq) values (?, ?, ?, ?, ?)",
@@ -844,6 +1143,94 @@ class SQLiteStore(Store):
             except Exception as exc:  # noqa: BLE001 - the file is gone; the index is rebuilt from files
                 log.warning("cannot update %s (%s)", self.bot_dir / METADATA_FILE, type(exc).__name__)
 
+    # -- re-sealing: key rotation, and turning encryption on ---------------------------------
+
+    def reseal(self) -> int:
+        """Re-seal what this file stores with the cipher's current key.
+
+        The auth key is sealed if it is plaintext or sealed with an old key. Entity
+        fields sealed with an old key are sealed again, with fresh blind indexes;
+        with ``encrypt_pii``, plaintext entity fields are sealed too. Every value is
+        opened before anything is written, and the rewrite is one transaction, so a
+        failure leaves the file as it was. A missing file is not created.
+
+        :returns: the number of rows rewritten (the sessions row and entity rows; 0 if all were current).
+        :raises SessionDecryptionError: if a value cannot be opened (nothing is written).
+        :raises SessionInUseError: if the file is open in another process or object (it is not touched).
+        """
+        cipher = self.cipher
+        if cipher is None:
+            raise ConfigError("cipher", "re-sealing needs a cipher")
+        if not self.path.exists():
+            return 0
+        with self._lock:
+            fresh = self._handle is None
+            conn = self._conn(create=False)
+            try:
+                opened = self._opened if fresh and self._opened is not None else self._read_header(conn, {"sessions"})
+                auth_key: bytes | None = None
+                if opened.header is not None and opened.state in (_KEY_PLAINTEXT, _KEY_OLD):
+                    auth_key = self._encode_auth_key(opened.header.auth_key)
+                columns, sealed = self._resealed_entities(conn)
+                if auth_key is None and not columns:
+                    return 0
+                conn.execute("pragma synchronous=full")
+                try:
+                    conn.execute("begin immediate")
+                    try:
+                        if auth_key is not None:
+                            conn.execute("update sessions set auth_key = ?", (auth_key,))
+                        if columns:
+                            conn.execute(f"create table if not exists {_SEALED_TABLE}")
+                            conn.executemany(_UPDATE_PII, columns)
+                            conn.executemany(_INSERT_SEALED, sealed)
+                        conn.execute("commit")
+                    except BaseException:
+                        conn.execute("rollback")
+                        raise
+                finally:
+                    conn.execute("pragma synchronous=normal")
+                self._sealed_table = self._sealed_table or bool(columns)
+                if opened.header is not None:
+                    self._opened = _Opened(opened.header, _KEY_CURRENT)
+                self._purge_due = False
+                self._checkpoint(conn)  # the replaced values leave the disk now
+            except sqlite3.Error as exc:
+                raise SessionStoreError(f"cannot re-seal {self.where}: {type(exc).__name__}: {exc}") from exc
+        return int(auth_key is not None) + len(columns)
+
+    def _resealed_entities(self, conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """``(entities updates, side-table rows)`` for every entity row that is not sealed as it should be."""
+        updates: list[tuple[Any, ...]] = []
+        sealed: list[tuple[Any, ...]] = []
+        last = -(2**63)
+        select = self._select()
+        while True:
+            rows = conn.execute(f"{select} where e.id > ? order by e.id limit ?", (last, _PAGE)).fetchall()
+            for row in rows:
+                if self._needs_reseal(row):
+                    entity = self._entity(row)
+                    columns, values = self._seal_fields(entity)
+                    updates.append((*columns, entity.id))
+                    sealed.append((entity.id, *values))
+            if len(rows) < _PAGE:
+                return updates, sealed
+            last = rows[-1][0]
+
+    def _needs_reseal(self, row: Sequence[Any]) -> bool:
+        cipher = self.cipher
+        assert cipher is not None
+        plaintext = False
+        for i in range(len(PII_FIELDS)):
+            column = row[2 + i]
+            side = row[6 + i] if len(row) > 6 else None
+            if side is not None and isinstance(column, str) and column.startswith(BLIND_INDEX_PREFIX):
+                if cipher.needs_reseal(bytes(side)):
+                    return True
+            elif column is not None and column != "":
+                plaintext = True
+        return self.encrypt_pii and plaintext
+
 
 def _release_fd(fd: int, held_key: str) -> None:
     try:
@@ -851,6 +1238,66 @@ def _release_fd(fd: int, held_key: str) -> None:
     finally:
         with _held_lock:
             _held.discard(held_key)
+
+
+def rotate_sqlite_sessions(
+    sessions_dir: str | os.PathLike[str],
+    bot_id: str,
+    cipher: SessionCipher,
+    *,
+    user_id: str | int | None = None,
+    encrypt_pii: bool = False,
+) -> int:
+    """Re-seal one session (``user_id``) or every session file of ``bot_id`` with ``cipher``'s current key.
+
+    The SQLite counterpart of :func:`~telethon_firestore_session.firestore.rotate_firestore_sessions`.
+    Run it after every process has the new key as ``SESSION_ENCRYPTION_KEY`` and the
+    previous one in ``SESSION_ENCRYPTION_OLD_KEYS``; afterwards the old key can be
+    dropped. It also seals plaintext auth keys (turning encryption on for files
+    written without it), and with ``encrypt_pii`` plaintext entity fields. Each file
+    is rewritten in one transaction, only if something in it is not current, and
+    its write-ahead log is checkpointed and truncated, so replaced values leave the
+    disk. Safe to run again after an interruption. It never bumps a session's
+    ``last_active_at`` in metadata.json.
+
+    A file that is open (in another process, or in this one) holds its lock: it is
+    skipped and reported, never written; it is re-sealed by its own next ``save()``
+    (the auth key) or by running this again once it is closed.
+
+    :returns: how many sessions had at least one row rewritten.
+    :raises SessionRotationError: once the others are done, if some sessions were
+        skipped (in use, a value that does not open, an unreadable file). It lists
+        each of them; they are left exactly as they were.
+    """
+    if user_id is not None:
+        keys = [SessionKey(bot_id, user_id)]
+    else:
+        _, bot_dir = _bot_dir(sessions_dir, bot_id)
+        keys = [SessionKey(bot_id, uid) for uid in sorted(_session_files(bot_dir))]
+    rotated = 0
+    failures: list[SessionError] = []
+    for key in keys:
+        try:
+            store = SQLiteStore(key, sessions_dir, cipher=cipher, encrypt_pii=encrypt_pii)
+        except SessionError as exc:  # e.g. a session file that is a symbolic link
+            log.warning("rotate: session %s was not re-sealed: %s", key, exc)
+            failures.append(exc)
+            continue
+        try:
+            written = store.reseal()
+        except SessionError as exc:
+            log.warning("rotate: %s was not re-sealed: %s", store.where, exc)
+            failures.append(exc)
+            continue
+        finally:
+            store.close()
+        if written:
+            rotated += 1
+            log.info("rotate: re-sealed %d row(s) of %s with key %s", written, store.where, cipher.key_id)
+    if failures:
+        log.warning("rotate: %d session(s) re-sealed, %d skipped", rotated, len(failures))
+        raise SessionRotationError(rotated, failures) from failures[0]
+    return rotated
 
 
 class ScopedSQLiteSession(SessionCore):
@@ -872,8 +1319,28 @@ class ScopedSQLiteSession(SessionCore):
     * ``close()`` flushes (waiting at most ``close_timeout``), closes the file and
       releases the lock. Using the session again re-opens the file and takes the lock.
 
+    Encryption at rest (``cipher``): the auth key is sealed in ``sessions.auth_key`` and
+    opened when the session is created; a plaintext one (a file written without a
+    cipher, or by Telethon), or one sealed with an old key, is re-sealed by the next
+    ``save()``, and the write-ahead log is checkpointed so the old value leaves the
+    disk. With ``encrypt_pii=True`` entity usernames, phone numbers and display names
+    are sealed as well and looked up through blind indexes (see the module docstring
+    for the layout). Sealing happens in ``save()`` and the background writer, opening
+    in lazy lookups: never on the hot path. A sealed file still opens in plain
+    Telethon, whose client then fails with ``AuthKeyNotFound`` (Telegram does not know
+    the envelope as a key).
+
+    :param user_id: the user whose session this is (str or int).
+    :param bot_id: the bot (or application) the user belongs to.
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`
+        (e.g. ``SessionCipher.from_env()``), or ``None`` to store plaintext.
+    :param encrypt_pii: also seal entity usernames, phone numbers and names (needs ``cipher``).
+    :raises ConfigError: for ``encrypt_pii=True`` without a ``cipher``.
     :raises InvalidSessionIdError: for a ``user_id``/``bot_id`` that could escape ``sessions_dir``.
     :raises SessionInUseError: if another process (or object) has this user's session open.
+    :raises SessionDecryptionError: if the stored auth key cannot be opened (wrong or missing
+        key, tampered, or copied from another user's file); the file is not modified.
     :raises SchemaVersionError: if the file has a newer Telethon schema (it is not modified).
     :raises SessionCorruptError: if the file is not a Telethon session (it is not modified).
     :raises SessionStoreError: if the file cannot be opened or written.
@@ -885,12 +1352,14 @@ class ScopedSQLiteSession(SessionCore):
         *,
         bot_id: str,
         sessions_dir: str | os.PathLike[str] = "sessions",
+        cipher: SessionCipher | None = None,
+        encrypt_pii: bool = False,
         flush_interval: float = 5.0,
         close_timeout: float = 10.0,
     ) -> None:
         key = SessionKey(bot_id, user_id)
         self.key = key
-        store = SQLiteStore(key, sessions_dir)
+        store = SQLiteStore(key, sessions_dir, cipher=cipher, encrypt_pii=encrypt_pii)
         self._sqlite = store
         super().__init__(store, flush_interval=flush_interval, close_timeout=close_timeout)
 
