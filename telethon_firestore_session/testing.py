@@ -629,7 +629,10 @@ class SessionCoreBackend(SessionBackend):
 
 
 class FirestoreBackend(SessionBackend):
-    """:class:`~telethon_firestore_session.FirestoreSession` on ``client`` (the emulator in tests)."""
+    """:class:`~telethon_firestore_session.FirestoreSession` on ``client`` (the emulator in tests).
+
+    ``options`` go to every session (e.g. ``cipher=SessionCipher(key), encrypt_pii=True``).
+    """
 
     name = "firestore"
 
@@ -647,20 +650,26 @@ class FirestoreBackend(SessionBackend):
 
 
 class ScopedSQLiteBackend(SessionBackend):
-    """:class:`~telethon_firestore_session.sqlite.ScopedSQLiteSession` in ``sessions_dir``."""
+    """:class:`~telethon_firestore_session.sqlite.ScopedSQLiteSession` in ``sessions_dir``.
+
+    ``options`` go to every session (e.g. ``cipher=SessionCipher(key), encrypt_pii=True``).
+    """
 
     name = "scoped-sqlite"
 
-    def __init__(self, sessions_dir: str | os.PathLike[str], bot_id: str = "bot", user_id: str = "42") -> None:
+    def __init__(
+        self, sessions_dir: str | os.PathLike[str], bot_id: str = "bot", user_id: str = "42", **options: Any
+    ) -> None:
         super().__init__()
         self.sessions_dir = sessions_dir
         self.bot_id = bot_id
         self.user_id = user_id
+        self.options = options
 
     def make_session(self) -> Session:
         from .sqlite import ScopedSQLiteSession
 
-        return ScopedSQLiteSession(self.user_id, bot_id=self.bot_id, sessions_dir=self.sessions_dir)
+        return ScopedSQLiteSession(self.user_id, bot_id=self.bot_id, sessions_dir=self.sessions_dir, **self.options)
 
 
 # -- the suite -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.testing import (
     FirestoreBackend,
     MemorySessionBackend,
@@ -23,22 +24,31 @@ from telethon_firestore_session.testing import (
 
 _Builder = Callable[[pytest.FixtureRequest, Path], SessionBackend]
 
+#: Encryption on: sealed auth keys and sealed usernames, phones and names (blind-index lookups).
+_SEALED = {"cipher": SessionCipher(bytes(range(100, 132))), "encrypt_pii": True}
+
 _BUILDERS: dict[str, _Builder] = {
     "firestore": lambda request, tmp: FirestoreBackend(
         request.getfixturevalue("firestore_client"), request.getfixturevalue("bot_id")
     ),
+    "firestore-sealed": lambda request, tmp: FirestoreBackend(
+        request.getfixturevalue("firestore_client"), request.getfixturevalue("bot_id"), **_SEALED
+    ),
     "scoped-sqlite": lambda request, tmp: ScopedSQLiteBackend(tmp / "sessions", bot_id="contract-bot"),
+    "scoped-sqlite-sealed": lambda request, tmp: ScopedSQLiteBackend(
+        tmp / "sessions", bot_id="contract-bot", **_SEALED
+    ),
     "session-core": lambda request, tmp: SessionCoreBackend(),
     "telethon-memory": lambda request, tmp: MemorySessionBackend(),
     "telethon-sqlite": lambda request, tmp: SQLiteSessionBackend(tmp),
 }
 
 #: Backends whose sessions are SessionCore bound to a store (they also run StoreContract).
-_STORE_BACKENDS = ("firestore", "scoped-sqlite")
+_STORE_BACKENDS = ("firestore", "firestore-sealed", "scoped-sqlite", "scoped-sqlite-sealed")
 
 
 def _param(name: str) -> object:
-    return pytest.param(name, marks=pytest.mark.firestore) if name == "firestore" else name
+    return pytest.param(name, marks=pytest.mark.firestore) if name.startswith("firestore") else name
 
 
 @pytest.fixture(params=[_param(n) for n in _BUILDERS])
