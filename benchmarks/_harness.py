@@ -293,12 +293,13 @@ def fmt_time(seconds: float) -> str:
 def print_workload(w: Workload) -> None:
     print()
     print(f"== {w.title}")
-    header = f"{'implementation':<28}" + "".join(f"{c:>12}" for c in w.columns)
+    width = max(28, *(len(m.impl) for m in w.rows)) if w.rows else 28
+    header = f"{'implementation':<{width}}" + "".join(f"{c:>12}" for c in w.columns)
     present = [b for b in w.baselines if w.row(b) is not None]
     header += "".join(f"  {'x ' + b.replace('Session', ''):>12}" for b in present)
     print(header + "  notes")
     for m in w.rows:
-        line = f"{m.impl:<28}" + "".join(f"{fmt_time(m.stat(c)):>12}" for c in w.columns)
+        line = f"{m.impl:<{width}}" + "".join(f"{fmt_time(m.stat(c)):>12}" for c in w.columns)
         for b in present:
             r = w.ratio(m.impl, b)
             line += f"  {(f'{r:.2f}' if r is not None else '-'):>12}"

@@ -104,6 +104,7 @@ class Context:
     scoped_cls: Any = None
     cipher: Any = None
     cipher_kwargs: dict[str, Any] = field(default_factory=dict)
+    scoped_cipher_kwargs: dict[str, Any] = field(default_factory=dict)  # empty: ScopedSQLiteSession takes no cipher
     _n: Iterator[int] = field(default_factory=itertools.count)
 
     def tag(self) -> str:
@@ -137,6 +138,13 @@ def optional_modules(ctx: Context) -> None:
             ctx.cipher_kwargs["encrypt_pii"] = True
     except ImportError as exc:
         ctx.notes.append(f"SessionCipher is not usable ({exc}); issue 4 workloads skipped")
+        return
+    if ctx.scoped_cls is not None:
+        params = inspect.signature(ctx.scoped_cls).parameters
+        if "cipher" in params and "encrypt_pii" in params:
+            ctx.scoped_cipher_kwargs = {"cipher": ctx.cipher, "encrypt_pii": True}
+        else:
+            ctx.notes.append("ScopedSQLiteSession has no cipher=/encrypt_pii= yet; its encryption workloads skipped")
 
 
 def _sqlite_new(ctx: Context) -> Any:
@@ -158,8 +166,8 @@ def _firestore_dispose(s: Any) -> None:
     s.delete()  # drops what is queued; nothing of a benchmark's session is kept
 
 
-def _scoped_new(ctx: Context) -> Any:
-    return ctx.scoped_cls(ctx.tag(), bot_id=BOT, sessions_dir=os.path.join(ctx.tmpdir, "scoped"))
+def _scoped_new(ctx: Context, **kw: Any) -> Any:
+    return ctx.scoped_cls(ctx.tag(), bot_id=BOT, sessions_dir=os.path.join(ctx.tmpdir, "scoped"), **kw)
 
 
 def _scoped_dispose(s: Any) -> None:
@@ -185,6 +193,14 @@ def implementations(ctx: Context) -> list[Impl]:
             )
     if ctx.scoped_cls is not None:
         impls.append(Impl("ScopedSQLiteSession", lambda: _scoped_new(ctx), _scoped_dispose))
+        if ctx.scoped_cipher_kwargs:
+            impls.append(
+                Impl(
+                    "ScopedSQLiteSession+cipher",
+                    lambda: _scoped_new(ctx, **ctx.scoped_cipher_kwargs),
+                    _scoped_dispose,
+                )
+            )
     return impls
 
 
@@ -559,7 +575,7 @@ def bench_open_local(ctx: Context, files: dict[str, Callable[[], Any]], repeats:
         "open_local",
         "open a local session file: 0 vs N stored entities",
         "median",
-        baselines=("SQLiteSession (0)",),
+        baselines=("SQLiteSession (0)", "ScopedSQLiteSession (0)"),
     )
     variants = list(files.items())
     samples: dict[str, list[float]] = {}
@@ -575,11 +591,22 @@ def bench_open_local(ctx: Context, files: dict[str, Callable[[], Any]], repeats:
     for label, _ in variants:
         w.rows.append(Measurement(w.key, label, samples[label], 1))
     w.notes.append(f"{repeats} opens each, interleaved")
+    for label in samples:
+        if label.startswith("ScopedSQLiteSession+cipher ("):
+            base = label.replace("+cipher", "")
+            if base in samples:
+                w.notes.append(
+                    f"paired ratio {label} / {base}: {w.paired_ratio(label, base):.2f}x (median of per-repeat ratios)"
+                )
     return w
 
 
 def prepare_local_files(ctx: Context, impls: list[Impl], n: int, pop: Population) -> dict[str, Callable[[], Any]]:
-    """Session files with 0 and ``n`` entities for SQLiteSession and ScopedSQLiteSession; their openers."""
+    """Session files with 0 and ``n`` entities for SQLiteSession and ScopedSQLiteSession(+cipher); their openers.
+
+    The +cipher files are written with the cipher and ``encrypt_pii=True``: a sealed
+    auth key, and sealed usernames, phones and names with blind indexes.
+    """
     files: dict[str, Callable[[], Any]] = {}
     size = f"{n // 1000}k"
     for count, label in ((0, "0"), (n, size)):
@@ -592,25 +619,63 @@ def prepare_local_files(ctx: Context, impls: list[Impl], n: int, pop: Population
         s.save()
         s.close()
         files[f"SQLiteSession ({label})"] = functools.partial(SQLiteSession, path)
-    scoped = next((i for i in impls if i.name == "ScopedSQLiteSession" and i.error is None), None)
-    if scoped is not None:
+    for name, kw in (("ScopedSQLiteSession", {}), ("ScopedSQLiteSession+cipher", ctx.scoped_cipher_kwargs)):
+        scoped = next((i for i in impls if i.name == name and i.error is None), None)
+        if scoped is None:
+            continue
         try:
             sdir = os.path.join(ctx.tmpdir, "scoped-open")
             for count, label in ((0, "0"), (n, size)):
-                uid = f"open{label}"
-                s = ctx.scoped_cls(uid, bot_id=BOT, sessions_dir=sdir)
+                uid = f"open{label}{'-sealed' if kw else ''}"
+                s = ctx.scoped_cls(uid, bot_id=BOT, sessions_dir=sdir, **kw)
                 s.set_dc(2, "149.154.167.51", 443)
                 s.auth_key = AuthKey(AUTH_KEY)
                 for b in pop.batches[: count // BATCH]:
                     s.process_entities(b)
                 s.save()
                 s.close()
-                files[f"ScopedSQLiteSession ({label})"] = functools.partial(
-                    ctx.scoped_cls, uid, bot_id=BOT, sessions_dir=sdir
-                )
+                files[f"{name} ({label})"] = functools.partial(ctx.scoped_cls, uid, bot_id=BOT, sessions_dir=sdir, **kw)
         except Exception:  # noqa: BLE001
             _fail(scoped, ctx, "open setup")
     return files
+
+
+def bench_lazy_lookups(ctx: Context, files: dict[str, Callable[[], Any]], pop: Population, repeats: int) -> Workload:
+    """First lookups by username right after opening a file of N entities: each one asks the file.
+
+    Informational (no target): what a lookup that misses memory costs, with the
+    cipher (an indexed query, then opening the sealed fields and checking their
+    blind index) and without (an indexed query), against SQLiteSession (a scan).
+    """
+    labels = [label for label in files if label.endswith("k)")]
+    size = labels[0].rsplit("(", 1)[1].rstrip(")") if labels else "?"
+    w = Workload(
+        "lookup_lazy",
+        f"get_input_entity by username, first lookup after opening a file of {size} entities",
+        "median",
+        baselines=tuple(label for label in labels if label.startswith("SQLiteSession")),
+    )
+    keys = lookup_keys(pop, "username", 20, seed=4242)
+    reference: list[Any] | None = None
+    samples: dict[str, list[float]] = {}
+    for r in range(repeats):
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
+        for label in order:
+            s = files[label]()
+            gc.collect()
+            t0 = perf()
+            got = [s.get_input_entity(k) for k in keys]
+            dt = perf() - t0
+            s.close()
+            if reference is None:
+                reference = got
+            elif got != reference:
+                raise AssertionError(f"{label} answers differently from {order[0]} for the same usernames")
+            samples.setdefault(label, []).append(dt / len(keys))
+    for label in labels:
+        w.rows.append(Measurement(w.key, label, samples[label], len(keys)))
+    w.notes.append(f"{repeats} repeats of {len(keys)} distinct usernames, each a miss in memory; per call")
+    return w
 
 
 # -- issue 2: writes and commits per 1,000 updates ---------------------------------------------------

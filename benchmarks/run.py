@@ -54,6 +54,7 @@ QUICK = Sizes(4_000, 5, (1_000, 10_000), 1_000, 0.01, 200, 10_000, 41, 1_000, 10
 FS = "FirestoreSession"
 FSC = "FirestoreSession+cipher"
 SCOPED = "ScopedSQLiteSession"
+SCOPEDC = "ScopedSQLiteSession+cipher"
 SQLITE = "SQLiteSession"
 
 
@@ -147,6 +148,7 @@ def run_all(
     files = b.prepare_local_files(ctx, impls, max(sizes.lookup_sizes), biggest)
     open_local = b.bench_open_local(ctx, files, sizes.open_repeats)
     show([open_local])
+    show([b.bench_lazy_lookups(ctx, files, biggest.prefix(max(sizes.lookup_sizes)), sizes.repeats)])
     open_fs: Workload | None = None
     if ctx.client is not None:
         open_fs, info = b.bench_open_firestore(ctx, sizes.open_entities, sizes.open_repeats)
@@ -164,7 +166,7 @@ def run_all(
         extra["hot_path_async"] = dataclasses.asdict(hot)
         print_hot(hot)
 
-    collect_targets(ctx, workloads, targets, save, open_fs, writes, hot, sizes)
+    collect_targets(ctx, workloads, targets, save, open_fs, writes, hot, sizes, open_local)
 
 
 def print_writes(w: b.WriteCount) -> None:
@@ -209,6 +211,7 @@ def collect_targets(
     writes: b.WriteCount | None,
     hot: b.HotPathCheck | None,
     sizes: Sizes,
+    open_local: Workload | None = None,
 ) -> None:
     by_key = {w.key: w for w in workloads}
     hot_keys = [w.key for w in workloads if w.key.startswith(("process_", "lookup_"))]
@@ -305,6 +308,21 @@ def collect_targets(
         _ratio_target(targets, "3", save, SCOPED, SQLITE, 1.0)
 
     # Issue 4: encryption
+    if ctx.cipher is None or not ctx.scoped_cipher_kwargs:
+        targets.append(Target("4", f"{SCOPEDC} measured", None, 1.2, note="no cipher for ScopedSQLiteSession"))
+    else:
+        for key in hot_keys:
+            _ratio_target(targets, "4", by_key[key], SCOPEDC, SCOPED, 1.2)
+        _ratio_target(targets, "4", save, SCOPEDC, SCOPED, 1.2)
+        if open_local is not None:
+            targets.append(
+                Target(
+                    "4",
+                    "SQLite open with cipher / without (paired median)",
+                    open_local.paired_ratio(f"{SCOPEDC} (0)", f"{SCOPED} (0)"),
+                    1.2,
+                )
+            )
     if ctx.cipher is None:
         targets.append(Target("4", f"{FSC} measured", None, 1.2, note="SessionCipher not usable"))
     elif ctx.client is not None:
@@ -315,7 +333,7 @@ def collect_targets(
             targets.append(
                 Target(
                     "4",
-                    "open with cipher / without (paired median)",
+                    "Firestore open with cipher / without (paired median)",
                     open_fs.paired_ratio(f"{FSC} (0)", f"{FS} (0)"),
                     1.2,
                 )
