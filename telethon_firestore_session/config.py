@@ -560,8 +560,8 @@ def rotate_sessions(config: SessionConfig | None = None, *, user_id: str | int |
         return rotate_firestore_sessions(
             cfg.firestore_client(), cfg.bot_id, cfg.cipher, user_id=user_id, encrypt_pii=cfg.encrypt_pii
         )
-    from .sqlite import rotate_sqlite_sessions  # type: ignore[attr-defined]
+    from .sqlite import rotate_sqlite_sessions
 
-    return int(
-        rotate_sqlite_sessions(cfg.sessions_dir, cfg.bot_id, cfg.cipher, user_id=user_id, encrypt_pii=cfg.encrypt_pii)
+    return rotate_sqlite_sessions(
+        cfg.sessions_dir, cfg.bot_id, cfg.cipher, user_id=user_id, encrypt_pii=cfg.encrypt_pii
     )
