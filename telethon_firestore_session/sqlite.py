@@ -40,8 +40,11 @@ Encryption at rest (``cipher=``, see :mod:`telethon_firestore_session.crypto`):
   plain Telethon rewrote in plaintext is read as plaintext (its stale side row is
   ignored, and dropped on our next write of that row).
 * With a cipher the connection runs with ``pragma secure_delete=on`` (replaced
-  values are zeroed, not left in free space), and a save or rotation that replaces a
-  plaintext or old-key value checkpoints and truncates the write-ahead log at once.
+  values are zeroed, not left in free space). The ``save()`` that re-seals a
+  plaintext or old-key auth key, and a rotation, checkpoint and truncate the
+  write-ahead log at once, so the old value leaves the disk when they return. An
+  entity row that the writer re-seals on its next write leaves the disk at the next
+  checkpoint (automatic, and at the latest when the session closes).
 * Failures never write: the sessions row is read and opened before the file is
   switched to WAL mode or changed in any way (through a read-only connection when a
   ``-wal`` file is left over, because closing a writable connection would checkpoint
