@@ -860,11 +860,6 @@ def cmd_rotate_key(env: Env, out: Output) -> int:
     if cipher is None:
         raise ConfigError("SESSION_ENCRYPTION_KEY", "is not set: there is no key to re-seal with")
     backend = env.backend
-    if backend == SQLITE:
-        from . import sqlite
-
-        if not hasattr(sqlite, "rotate_sqlite_sessions"):
-            _fail_usage("this version cannot re-seal SQLite sessions yet; rotate-key works on the firestore backend")
     from .config import rotate_sessions
 
     a = env.args
