@@ -110,6 +110,7 @@ REPLACED = "replaced"
 SKIPPED = "skipped"
 FAILED = "failed"
 
+_NO_AUTH_KEY = "the source has no auth key (it never logged in); nothing to copy"
 _CHANNEL_MARK = 1_000_000_000_000
 _UTC = datetime.timezone.utc
 _URLSAFE = str.maketrans("-_", "+/")
@@ -740,7 +741,7 @@ def _entity_newer(src: EntityRow, dst: EntityRow | None) -> bool:
 def _apply(snap: SessionSnapshot, target: _Target, overwrite: bool) -> CopyReport:
     fingerprint = snap.fingerprint
     if not snap.auth_key:
-        return CopyReport(SKIPPED, "the source has no auth key (it never logged in); nothing to copy")
+        return CopyReport(SKIPPED, _NO_AUTH_KEY)
     current = target.header()
     dst_key = current.auth_key
     if dst_key and dst_key != snap.auth_key:
@@ -992,6 +993,10 @@ class SessionDestination(Destination):
         self._done: list[ImportItem] = []
 
     def put(self, source: str, user_id: str, snapshot: SessionSnapshot, *, overwrite: bool) -> None:
+        if not snapshot.auth_key:
+            # Nothing would be copied: do not open (and so create) an empty destination.
+            self._done.append(ImportItem(source, user_id, SKIPPED, _NO_AUTH_KEY))
+            return
         try:
             dst = self.opener(user_id)
         except (SessionError, OSError, ValueError) as exc:
