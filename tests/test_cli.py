@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import datetime
 import json
 import os
 import signal
@@ -514,12 +515,18 @@ def test_backup_and_restore_round_trip(cli: Cli, bot_id: str, tmp_path: Path, fi
     assert typo.rc == 1 and "failed: 1O1" in typo.stdout and "no sqlite session" in typo.stdout
     assert not (cli.sessions_dir / bot_id / "user_1O1.session").exists()  # not created by looking
 
+    # A user the manager registered who never logged in: nothing to restore, and no empty file made for it.
+    firestore_client.document(f"bots/{bot_id}/user_sessions/103").set(
+        {"schema_version": 1, "registered_at": datetime.datetime.now(datetime.timezone.utc), "logged_in": False}
+    )
     restored_dir = tmp_path / "restored"
     restore = cli("restore", "--sessions-dir", str(restored_dir), "--json")
     assert restore.rc == 0, restore.stderr
-    assert restore.json()["counts"] == {"copied": 3}
+    assert restore.json()["counts"] == {"copied": 3, "skipped": 1}
+    assert restore.json()["conflicts"] == 0
     for n, uid in enumerate(["100", "101", "102"]):
         assert summary(read_session_file(restored_dir / bot_id / f"user_{uid}.session")) == expected(n)
+    assert not (restored_dir / bot_id / "user_103.session").exists()
 
     # A restore never clobbers a local session that holds another login.
     (tmp_path / "other").mkdir()
@@ -530,8 +537,8 @@ def test_backup_and_restore_round_trip(cli: Cli, bot_id: str, tmp_path: Path, fi
     assert summary(read_session_file(restored_dir / bot_id / "user_101.session")) == expected(8)
 
     listing, stats = cli.many(["--backend", "firestore", "list", "--json"], ["stats", "--backend", "firestore"])
-    assert [s["user_id"] for s in listing.json()["sessions"]] == ["100", "101", "102"]
-    assert "total_sessions: 3" in stats.stdout and "backend: firestore" in stats.stdout
+    assert [s["user_id"] for s in listing.json()["sessions"]] == ["100", "101", "102", "103"]
+    assert "total_sessions: 4" in stats.stdout and "backend: firestore" in stats.stdout
 
 
 @pytest.mark.firestore
