@@ -548,8 +548,8 @@ def rotate_sessions(config: SessionConfig | None = None, *, user_id: str | int |
     Returns the number of sessions re-sealed.
 
     :raises ConfigError: if no encryption key is configured.
-    :raises SessionError: listing the sessions that could not be re-sealed (the
-        others are done; those are left exactly as they were).
+    :raises SessionRotationError: listing the sessions that could not be re-sealed
+        (the others are done; those are left exactly as they were).
     """
     cfg = config or default_config()
     if cfg.cipher is None:
