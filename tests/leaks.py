@@ -32,3 +32,16 @@ def find_leaks(text: str, secrets: Mapping[str, bytes], key_texts: Mapping[str, 
     ]
     found += [f"{name}/env-text" for name, key in key_texts.items() if key[:20] in text]
     return found
+
+
+def assert_absent(haystack: bytes | str, **secrets: bytes) -> None:
+    """Fail if a secret (or, in text, any of its :func:`forms`) is in ``haystack``, naming it, never showing it.
+
+    A plain ``assert secret not in data`` would print both on failure, which is the leak it tests for.
+    """
+    if isinstance(haystack, bytes):
+        found = [name for name, secret in secrets.items() if secret in haystack or secret[8:24] in haystack]
+    else:
+        found = find_leaks(haystack, secrets)
+    if found:
+        raise AssertionError(f"secret found: {', '.join(found)}")

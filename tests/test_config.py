@@ -27,6 +27,7 @@ from telethon_firestore_session.config import (
     log_deployment_info,
 )
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
+from tests.leaks import assert_absent
 
 API_HASH = "0123456789abcdef0123456789abcdef"
 BOT_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ"
@@ -297,7 +298,7 @@ def test_create_session_local_sealed(tmp_path: Path) -> None:
     session.save()
     session.close()
     data = (tmp_path / "mybot" / "user_77.session").read_bytes()
-    assert AUTH not in data  # sealed in the file
+    assert_absent(data, auth_key=AUTH)  # sealed in the file
     again = create_session("77", config)
     assert again.auth_key is not None and again.auth_key.key == AUTH
     again.close()
@@ -325,7 +326,8 @@ def test_create_session_firestore_sealed_and_shared_client(firestore_client: Any
     a.close()
     b.close()
     stored = firestore_client.document(f"bots/{bot_id}/user_sessions/1").get().to_dict()
-    assert stored["dc_id"] == 4 and isinstance(stored["auth_key"], bytes) and AUTH not in stored["auth_key"]
+    assert stored["dc_id"] == 4 and isinstance(stored["auth_key"], bytes)
+    assert_absent(stored["auth_key"], auth_key=AUTH)
 
 
 @pytest.mark.firestore

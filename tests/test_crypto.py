@@ -20,6 +20,7 @@ from telethon_firestore_session.crypto import (
     main,
 )
 from telethon_firestore_session.errors import ConfigError, SessionDecryptionError
+from tests.leaks import assert_absent
 
 RAW_A = bytes(range(32))
 RAW_B = bytes(range(100, 132))
@@ -55,7 +56,7 @@ def test_envelope_layout_and_key_id() -> None:
     assert sealed[:3] == b"TFS" and sealed[3] == 1
     assert sealed[4:8] == key_id and c.key_id == key_id.hex()
     assert len(sealed) == len(value) + OVERHEAD == len(value) + 3 + 1 + 4 + 12 + 16
-    assert value not in sealed
+    assert_absent(sealed, value=value)
     assert c.open(sealed, where=WHERE, field="auth_key") == value
     assert c.sealed_with(sealed) == key_id.hex()
     assert is_sealed(sealed) and c.is_sealed(sealed)

@@ -24,6 +24,7 @@ from telethon.tl import types
 
 from telethon_firestore_session import BackgroundWriter, FirestoreSession
 from telethon_firestore_session.testing import StoreProbe
+from tests.leaks import assert_absent
 
 pytestmark = pytest.mark.firestore
 
@@ -87,7 +88,7 @@ def test_fresh_process_client_uses_the_stored_auth_key_and_dc(
         check=False,
     )
     output = proc.stdout + proc.stderr
-    assert KEY.hex() not in output and KEY.hex()[:64] not in output
+    assert_absent(output, auth_key=KEY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == ""  # not even a warning ignored in a destructor
     result = json.loads(proc.stdout.strip().splitlines()[-1])
