@@ -321,7 +321,8 @@ async def test_idle_clients_are_flushed_and_disconnected(env: Env) -> None:
     m = env.manager(idle_timeout=0.4)
     client = await login(m, env.fake, "u1")
     carol = await client.get_entity("carol")
-    await wait_for(lambda: m.active_clients == 0 and not client.is_connected())
+    # Out of the cache first, then flushed and disconnected under the user's lock: wait for all of it.
+    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._lock("u1").locked())
     assert m.evictions["idle"] == 1
     stored = env.stored_entity("u1", carol.id)
     assert stored is not None and stored.access_hash == carol.access_hash
