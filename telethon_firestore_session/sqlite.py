@@ -470,6 +470,17 @@ def _release(conn: sqlite3.Connection, fd: int, held_key: str) -> None:
                 _held.discard(held_key)
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo an open transaction while another exception propagates, without replacing it.
+
+    A KeyboardInterrupt that lands just after ``commit`` finds no transaction to roll
+    back; a failing rollback must not hide the error that caused it either.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("rollback")
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"pragma table_info({table})").fetchall()}
 
@@ -742,7 +753,7 @@ class SQLiteStore(Store):
                 conn.execute(f"create table if not exists {_SEALED_TABLE}")
             conn.execute("commit")
         except BaseException:
-            conn.execute("rollback")
+            _rollback(conn)
             raise
         self._sealed_table = self.encrypt_pii or SEALED_ENTITIES in tables
 
@@ -1046,7 +1057,7 @@ class SQLiteStore(Store):
                         )
                         conn.execute("commit")
                     except BaseException:
-                        conn.execute("rollback")
+                        _rollback(conn)
                         raise
                 finally:
                     conn.execute("pragma synchronous=normal")
@@ -1108,7 +1119,7 @@ class SQLiteStore(Store):
                     )
                 conn.execute("commit")
             except BaseException:
-                conn.execute("rollback")
+                _rollback(conn)
                 raise
             self.commits += 1
             self._metadata_due = self._wrote = True
@@ -1189,7 +1200,7 @@ class SQLiteStore(Store):
                             conn.executemany(_INSERT_SEALED, sealed)
                         conn.execute("commit")
                     except BaseException:
-                        conn.execute("rollback")
+                        _rollback(conn)
                         raise
                 finally:
                     conn.execute("pragma synchronous=normal")

@@ -878,3 +878,26 @@ def test_metadata_writers_in_several_processes_lose_no_entry(sdir: Path) -> None
         assert p.returncode == 0, err
     data = json.loads((sdir / BOT / METADATA_FILE).read_text())
     assert set(data) == {f"{p}{i}" for p in "abc" for i in range(25)}
+
+
+def test_rollback_keeps_the_original_error_when_no_transaction_is_open(tmp_path: Path) -> None:
+    from telethon_firestore_session.sqlite import _rollback
+
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("create table t (x)")
+    conn.execute("begin immediate")
+    conn.execute("insert into t values (1)")
+    _rollback(conn)  # an open transaction is undone
+    assert conn.execute("select count(*) from t").fetchone() == (0,) and not conn.in_transaction
+    # Interrupted just after "commit": nothing to roll back, and the interrupt must get through as it is.
+    conn.execute("begin immediate")
+    conn.execute("insert into t values (2)")
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            conn.execute("commit")
+            raise KeyboardInterrupt
+        except BaseException:
+            _rollback(conn)
+            raise
+    assert conn.execute("select count(*) from t").fetchone() == (1,)
+    conn.close()
