@@ -892,12 +892,16 @@ def test_rollback_keeps_the_original_error_when_no_transaction_is_open(tmp_path:
     # Interrupted just after "commit": nothing to roll back, and the interrupt must get through as it is.
     conn.execute("begin immediate")
     conn.execute("insert into t values (2)")
-    with pytest.raises(KeyboardInterrupt):
+
+    def commit_then_interrupted() -> None:
         try:
             conn.execute("commit")
             raise KeyboardInterrupt
         except BaseException:
             _rollback(conn)
             raise
+
+    with pytest.raises(KeyboardInterrupt):
+        commit_then_interrupted()
     assert conn.execute("select count(*) from t").fetchone() == (1,)
     conn.close()
