@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._ids import SessionKey, validate_id
 from ._lease import FirestoreLease, LeaseInfo, parse_lease
+from .crypto import open_sealed_text
 from .errors import (
     ConfigError,
     InvalidSessionIdError,
     SessionCorruptError,
-    SessionDecryptionError,
     SessionInUseError,
     SessionStoreError,
 )
@@ -198,13 +198,8 @@ class SessionDirectory(abc.ABC):
             return value  # written before encryption was turned on
         if not isinstance(value, (bytes, bytearray)):
             raise SessionCorruptError(f"{self.where}/{user_id}: {field} has the wrong type; not modified")
-        if self.cipher is None:
-            raise SessionDecryptionError(
-                f"{self.bot_id}/{user_id}",
-                field,
-                "the value is sealed but no encryption key is configured (pass cipher=, or set SESSION_ENCRYPTION_KEY)",
-            )
-        return self.cipher.open_text(bytes(value), where=str(self.key(user_id)), field=field)
+        where = str(self.key(user_id))
+        return open_sealed_text(self.cipher, bytes(value), where=where, context=where, field=field)
 
     def _credentials_value(self, user_id: str, creds: ApiCredentials) -> dict[str, Any]:
         return {"api_id": creds.api_id, "api_hash": self._seal(user_id, "api_credentials.api_hash", creds.api_hash)}

@@ -46,6 +46,8 @@ __all__ = [
     "SessionCipher",
     "generate_key",
     "is_sealed",
+    "open_sealed",
+    "open_sealed_text",
 ]
 
 #: Environment variable holding the current key (urlsafe base64 of 32 bytes).
@@ -283,11 +285,7 @@ class SessionCipher:
 
     def open_text(self, value: bytes, *, where: str, field: str) -> str:
         """:meth:`open` for text sealed by :meth:`seal_text`."""
-        raw = self.open(value, where=where, field=field)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SessionDecryptionError(where, field, "the opened value is not UTF-8 text") from None
+        return open_sealed_text(self, value, where=where, context=where, field=field)
 
     def is_sealed(self, value: object) -> bool:
         """Whether ``value`` looks sealed (by any key); see the module function :func:`is_sealed`."""
@@ -329,6 +327,33 @@ class SessionCipher:
         msg = _context(where, field) + b"\x00" + value.encode("utf-8")
         digest = hmac.new(key.blind, msg, hashlib.sha256).digest()[:_BLIND_INDEX_SIZE]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+#: Why a sealed value cannot be opened when no cipher is configured.
+NO_KEY_REASON = "the value is sealed but no encryption key is configured (pass cipher=, or set SESSION_ENCRYPTION_KEY)"
+
+
+def open_sealed(cipher: SessionCipher | None, value: bytes, *, where: str, context: str, field: str) -> bytes:
+    """Open a sealed value read from a store, bound to ``context`` (``bot_id/user_id``) and ``field``.
+
+    Every failure, a missing cipher included, is a :class:`SessionDecryptionError` that
+    names ``where`` (the store's location) and ``field``, never a key.
+    """
+    if cipher is None:
+        raise SessionDecryptionError(where, field, NO_KEY_REASON)
+    try:
+        return cipher.open(value, where=context, field=field)
+    except SessionDecryptionError as exc:
+        raise SessionDecryptionError(where, field, exc.reason) from None
+
+
+def open_sealed_text(cipher: SessionCipher | None, value: bytes, *, where: str, context: str, field: str) -> str:
+    """:func:`open_sealed` for text sealed by :meth:`SessionCipher.seal_text`."""
+    raw = open_sealed(cipher, value, where=where, context=context, field=field)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SessionDecryptionError(where, field, "the opened value is not UTF-8 text") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,12 +20,11 @@ from telethon.tl import types
 
 from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
 from ._ids import SessionKey, validate_id
-from .crypto import SessionCipher, is_sealed
+from .crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
 from .errors import (
     ConfigError,
     SchemaVersionError,
     SessionCorruptError,
-    SessionDecryptionError,
     SessionError,
     SessionRotationError,
     SessionStoreError,
@@ -216,16 +215,7 @@ class FirestoreStore(Store):
     # -- sealing ----------------------------------------------------------------------------
 
     def _open(self, value: bytes, field: str) -> bytes:
-        if self.cipher is None:
-            raise SessionDecryptionError(
-                self.where,
-                field,
-                "the value is sealed but no encryption key is configured (pass cipher=, or set SESSION_ENCRYPTION_KEY)",
-            )
-        try:
-            return self.cipher.open(value, where=self._context, field=field)
-        except SessionDecryptionError as exc:
-            raise SessionDecryptionError(self.where, field, exc.reason) from None
+        return open_sealed(self.cipher, value, where=self.where, context=self._context, field=field)
 
     def _open_stored(self, stored: StoredSession) -> StoredSession:
         """Open a sealed auth key; flag a plaintext or old-key one for rewriting."""
@@ -258,11 +248,9 @@ class FirestoreStore(Store):
             for f in PII_FIELDS:
                 value = data.get(f)
                 if isinstance(value, bytes):
-                    field = f"{ENTITIES}/{doc_id}/{f}"
-                    try:
-                        data[f] = self._open(value, field).decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise SessionDecryptionError(self.where, field, "the opened value is not UTF-8") from None
+                    data[f] = open_sealed_text(
+                        self.cipher, value, where=self.where, context=self._context, field=f"{ENTITIES}/{doc_id}/{f}"
+                    )
         return _entity_from_doc(doc_id, data)
 
     def _entity_fields(self, row: EntityRow) -> dict[str, Any]:

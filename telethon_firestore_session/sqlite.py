@@ -79,7 +79,7 @@ from telethon.tl import types
 
 from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
 from ._ids import SessionKey, validate_id
-from .crypto import SessionCipher, is_sealed
+from .crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
 from .errors import (
     ConfigError,
     InvalidSessionIdError,
@@ -801,16 +801,7 @@ class SQLiteStore(Store):
     # -- sealing ---------------------------------------------------------------------------
 
     def _open(self, value: bytes, field: str) -> bytes:
-        if self.cipher is None:
-            raise SessionDecryptionError(
-                self.where,
-                field,
-                "the value is sealed but no encryption key is configured (pass cipher=, or set SESSION_ENCRYPTION_KEY)",
-            )
-        try:
-            return self.cipher.open(value, where=self._context, field=field)
-        except SessionDecryptionError as exc:
-            raise SessionDecryptionError(self.where, field, exc.reason) from None
+        return open_sealed(self.cipher, value, where=self.where, context=self._context, field=field)
 
     def _encode_auth_key(self, key: bytes | None) -> bytes:
         """The value stored in ``sessions.auth_key``: sealed with a cipher (Telethon stores ``b''`` for no key)."""
@@ -876,13 +867,9 @@ class SQLiteStore(Store):
                 return None
             return str(column)  # the phone column has integer affinity
         field = f"{ENTITIES}/{eid}/{f}"
-        raw = self._open(bytes(sealed), field)
+        value = open_sealed_text(self.cipher, bytes(sealed), where=self.where, context=self._context, field=field)
         cipher = self.cipher
         assert cipher is not None
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SessionDecryptionError(self.where, field, "the opened value is not UTF-8") from None
         if column[len(BLIND_INDEX_PREFIX) :] not in cipher.blind_indexes(value, where=self._context, field=f):
             raise SessionDecryptionError(
                 self.where,
