@@ -768,11 +768,12 @@ def _user_sources(
         yield f"{backend}:{uid}", uid, functools.partial(reader, uid)
 
 
-def cmd_backup(env: Env, out: Output) -> int:
+def _copy_all(env: Env, out: Output, verb: str, source: str, target: str) -> int:
+    """``backup``/``restore``: every session of the bot (or ``--user``) from ``source`` to ``target``."""
     a = env.args
-    user_ids = a.user or env.user_ids(SQLITE)
-    destination = env.destination(FIRESTORE)
-    sources = _user_sources(env, user_ids, SQLITE, check=bool(a.user))
+    user_ids = a.user or env.user_ids(source)
+    destination = env.destination(target)
+    sources = _user_sources(env, user_ids, source, check=bool(a.user))
 
     def run(
         progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
@@ -787,29 +788,15 @@ def cmd_backup(env: Env, out: Output) -> int:
             stop=stop,
         )
 
-    return _bulk(env, out, "backup", run, total=len(user_ids))
+    return _bulk(env, out, verb, run, total=len(user_ids))
+
+
+def cmd_backup(env: Env, out: Output) -> int:
+    return _copy_all(env, out, "backup", SQLITE, FIRESTORE)
 
 
 def cmd_restore(env: Env, out: Output) -> int:
-    a = env.args
-    user_ids = a.user or env.user_ids(FIRESTORE)
-    destination = env.destination(SQLITE)
-    sources = _user_sources(env, user_ids, FIRESTORE, check=bool(a.user))
-
-    def run(
-        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
-    ) -> migrate.BulkReport:
-        return migrate.import_snapshots(
-            sources,
-            destination,
-            total=len(user_ids),
-            overwrite=a.overwrite,
-            progress=progress,
-            report=report,
-            stop=stop,
-        )
-
-    return _bulk(env, out, "restore", run, total=len(user_ids))
+    return _copy_all(env, out, "restore", FIRESTORE, SQLITE)
 
 
 def cmd_cleanup(env: Env, out: Output) -> int:
