@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from telethon_firestore_session.crypto import SessionCipher
+from telethon_firestore_session.sqlite import ScopedSQLiteSession
+from tests.common import BOT, KEY_NEW, KEY_OLD, Opener
 from tests.emulator import INSTALL_HINT, Emulator, find_jar
 
 PROJECT = "demo-telethon-firestore-session"
@@ -66,3 +70,36 @@ def firestore_client(emulator: Emulator) -> Iterator[Any]:
 @pytest.fixture
 def bot_id() -> str:
     return f"bot-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def sdir(tmp_path: Path) -> Path:
+    """A sessions directory for SQLite sessions."""
+    return tmp_path / "sessions"
+
+
+@pytest.fixture
+def opener(sdir: Path) -> Iterator[Opener]:
+    """Opens sessions under ``sdir`` and closes every one of them after the test."""
+    opened: list[ScopedSQLiteSession] = []
+
+    def open_session(uid: object = "42", bot: str = BOT, **kw: Any) -> ScopedSQLiteSession:
+        s = ScopedSQLiteSession(uid, bot_id=bot, sessions_dir=sdir, **kw)  # type: ignore[arg-type]
+        opened.append(s)
+        return s
+
+    yield open_session
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def old() -> SessionCipher:
+    """A cipher with only the old key."""
+    return SessionCipher(KEY_OLD)
+
+
+@pytest.fixture
+def new() -> SessionCipher:
+    """The rotated cipher: the new key, still opening the old one."""
+    return SessionCipher(KEY_NEW, [KEY_OLD])

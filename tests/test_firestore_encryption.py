@@ -4,7 +4,6 @@ lazy blind-index lookups, and no secret in any log record or error."""
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -17,15 +16,9 @@ from telethon.tl import types
 from telethon_firestore_session import ConfigError, FirestoreSession, SessionDecryptionError, SessionRotationError
 from telethon_firestore_session.crypto import OVERHEAD, SessionCipher, is_sealed
 from telethon_firestore_session.firestore import rotate_firestore_sessions
+from tests.common import AUTH_A, AUTH_B, KEY_NEW, KEY_OLD, PEOPLE, RAW_NEW, RAW_OLD, person
 
 from .leaks import assert_absent, find_leaks
-
-RAW_OLD = bytes(range(32))
-RAW_NEW = bytes(range(200, 232))
-KEY_OLD = base64.urlsafe_b64encode(RAW_OLD).decode()
-KEY_NEW = base64.urlsafe_b64encode(RAW_NEW).decode()
-AUTH_A = bytes((i * 7 + 3) % 256 for i in range(256))
-AUTH_B = bytes((i * 13 + 5) % 256 for i in range(256))
 
 
 def open_session(client: Any, bot_id: str, uid: object = "42", **kw: Any) -> FirestoreSession:
@@ -58,30 +51,7 @@ def make(client: Any, bot_id: str, uid: str = "42", auth: bytes = AUTH_A, **kw: 
     return s
 
 
-def user(uid: int, username: str | None, phone: str | None, first: str, last: str | None = None) -> types.User:
-    return types.User(uid, access_hash=uid * 11, username=username, phone=phone, first_name=first, last_name=last)
-
-
-PEOPLE = types.contacts.ResolvedPeer(
-    types.PeerUser(501),
-    [],
-    [
-        user(501, "AliceW", "15550001111", "Alice", "Wonder"),
-        user(502, "bob_b", "447700900123", "Bob"),
-        user(503, None, "4915112345678", "Carol", "Kings"),
-    ],
-)
 PLAINTEXT = ["alicew", "15550001111", "Alice Wonder", "bob_b", "447700900123", "Bob", "4915112345678", "Carol Kings"]
-
-
-@pytest.fixture
-def old() -> SessionCipher:
-    return SessionCipher(KEY_OLD)
-
-
-@pytest.fixture
-def new() -> SessionCipher:
-    return SessionCipher(KEY_NEW, [KEY_OLD])
 
 
 # -- the auth key ------------------------------------------------------------------------------
@@ -373,7 +343,7 @@ def test_lookups_find_old_key_and_plaintext_rows(
     assert fresh.get_input_entity("@bob_b") == types.InputPeerUser(502, 502 * 11)
     assert fresh.get_input_entity("+447700900123") == types.InputPeerUser(502, 502 * 11)
     # Re-seeing Bob with a new username writes his row sealed, under the new key.
-    fresh.process_entities([user(502, "bob_new", "447700900123", "Bob")])
+    fresh.process_entities([person(502, "bob_new", "447700900123", "Bob")])
     assert fresh.flush(10)
     bob = doc(firestore_client, bot_id).collection("entities").document("502").get().to_dict()
     assert new.sealed_with(bob["username"]) == new.key_id

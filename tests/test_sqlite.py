@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +43,13 @@ from telethon_firestore_session.sqlite import (
     list_sqlite_sessions,
     read_metadata,
 )
+from tests.common import BOT, Opener
 
 KEY = bytes(range(256))
 KEY2 = bytes(reversed(range(256)))
 UTC = datetime.timezone.utc
-BOT = "bot1"
 DATE = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 MD5 = hashlib.md5(b"file").digest()  # noqa: S324 - Telethon's sent-file key
-
-Opener = Callable[..., ScopedSQLiteSession]
 
 
 def user(uid: int, **kw: Any) -> types.User:
@@ -96,26 +93,6 @@ def run_py(code: str, *args: str, timeout: float = 60.0) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-@pytest.fixture
-def sdir(tmp_path: Path) -> Path:
-    return tmp_path / "sessions"
-
-
-@pytest.fixture
-def opener(sdir: Path) -> Iterator[Opener]:
-    """Opens sessions under ``sdir`` and closes every one of them after the test."""
-    opened: list[ScopedSQLiteSession] = []
-
-    def open_session(uid: object = "42", bot: str = BOT, **kw: Any) -> ScopedSQLiteSession:
-        s = ScopedSQLiteSession(uid, bot_id=bot, sessions_dir=sdir, **kw)  # type: ignore[arg-type]
-        opened.append(s)
-        return s
-
-    yield open_session
-    for s in opened:
-        s.close()
 
 
 def populate(s: Any) -> None:

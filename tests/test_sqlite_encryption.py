@@ -5,7 +5,6 @@ and no secret in any log record or error on either backend."""
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import json
@@ -54,68 +53,16 @@ from telethon_firestore_session.sqlite import (
     ScopedSQLiteSession,
     rotate_sqlite_sessions,
 )
+from tests.common import AUTH_A, AUTH_B, BOT, KEY_NEW, KEY_OLD, PEOPLE, RAW_NEW, RAW_OLD, Opener, person
 
 from .leaks import find_leaks
 from .telegram_double import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
-BOT = "bot1"
-RAW_OLD = bytes(range(32))
-RAW_NEW = bytes(range(200, 232))
-KEY_OLD = base64.urlsafe_b64encode(RAW_OLD).decode()
-KEY_NEW = base64.urlsafe_b64encode(RAW_NEW).decode()
-AUTH_A = bytes((i * 7 + 3) % 256 for i in range(256))
-AUTH_B = bytes((i * 13 + 5) % 256 for i in range(256))
 DATE = datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)
 SIDE_FILES = ("", "-wal", "-journal")  # -shm is SQLite's shared-memory index, rebuilt by any reader
 
-Opener = Callable[..., ScopedSQLiteSession]
-
-
-def user(uid: int, username: str | None, phone: str | None, first: str, last: str | None = None) -> types.User:
-    return types.User(uid, access_hash=uid * 11, username=username, phone=phone, first_name=first, last_name=last)
-
-
-PEOPLE = types.contacts.ResolvedPeer(
-    types.PeerUser(501),
-    [],
-    [
-        user(501, "AliceW", "15550001111", "Alice", "Wonder"),
-        user(502, "bob_b", "447700900123", "Bob"),
-        user(503, None, "4915112345678", "Carol", "Kings"),
-    ],
-)
 PLAINTEXT = ["alicew", "AliceW", "15550001111", "Alice Wonder", "bob_b", "447700900123", "4915112345678", "Carol Kings"]
-
-
-@pytest.fixture
-def old() -> SessionCipher:
-    return SessionCipher(KEY_OLD)
-
-
-@pytest.fixture
-def new() -> SessionCipher:
-    return SessionCipher(KEY_NEW, [KEY_OLD])
-
-
-@pytest.fixture
-def sdir(tmp_path: Path) -> Path:
-    return tmp_path / "sessions"
-
-
-@pytest.fixture
-def opener(sdir: Path) -> Iterator[Opener]:
-    """Opens sessions under ``sdir`` and closes every one of them after the test."""
-    opened: list[ScopedSQLiteSession] = []
-
-    def open_session(uid: object = "42", bot: str = BOT, **kw: Any) -> ScopedSQLiteSession:
-        s = ScopedSQLiteSession(uid, bot_id=bot, sessions_dir=sdir, **kw)  # type: ignore[arg-type]
-        opened.append(s)
-        return s
-
-    yield open_session
-    for s in opened:
-        s.close()
 
 
 def make(opener: Opener, uid: str = "42", auth: bytes = AUTH_A, **kw: Any) -> ScopedSQLiteSession:
@@ -344,7 +291,7 @@ def test_close_after_a_failed_reopen_writes_nothing(opener: Opener, sdir: Path, 
     before = on_disk(path)
     with pytest.raises(ValueError, match="Could not find"):
         s.get_input_entity("@nobody")  # opening the file again fails: a miss, logged
-    s.process_entities([user(504, "dave", None, "Dave")])
+    s.process_entities([person(504, "dave", None, "Dave")])
     try:
         s.close()  # the writer cannot open the file either: nothing is written (it keeps retrying)
         assert on_disk(path) == before
@@ -643,7 +590,7 @@ def test_lookups_find_old_key_and_plaintext_rows_and_seal_them_on_write(
     assert fresh.get_input_entity("@bob_b") == types.InputPeerUser(502, 502 * 11)
     assert fresh.get_input_entity("+447700900123") == types.InputPeerUser(502, 502 * 11)
     # Re-seeing Bob with a new username writes his row sealed, under the new key.
-    fresh.process_entities([user(502, "bob_new", "447700900123", "Bob")])
+    fresh.process_entities([person(502, "bob_new", "447700900123", "Bob")])
     assert fresh.flush(10)
     fresh.close()
     assert new.sealed_with(_sealed(path)[502][0]) == new.key_id
@@ -740,7 +687,7 @@ def test_plain_telethon_opens_a_sealed_file_but_gets_no_usable_key(
     assert plain.get_input_entity(501) == types.InputPeerUser(501, 501 * 11)
     with pytest.raises(ValueError, match="Could not find"):
         plain.get_input_entity("alicew")
-    plain.process_entities([user(502, "bob_plain", "447700900123", "Bob")])  # Telethon writes plaintext
+    plain.process_entities([person(502, "bob_plain", "447700900123", "Bob")])  # Telethon writes plaintext
     plain.save()
     plain.close()
     assert stored_key(path) == sealed
@@ -751,7 +698,7 @@ def test_plain_telethon_opens_a_sealed_file_but_gets_no_usable_key(
     assert again.get_input_entity("alicew") == types.InputPeerUser(501, 501 * 11)
     assert {r.id: r.username for r in again.iter_entities()} == {501: "alicew", 502: "bob_plain", 503: None}
     # Our next write of that row seals it again and drops the stale sealed values.
-    again.process_entities([user(502, "bob_sealed", "447700900123", "Bob")])
+    again.process_entities([person(502, "bob_sealed", "447700900123", "Bob")])
     assert again.flush(10)
     again.close()
     assert plaintext_in(path, ["bob_plain", "bob_sealed"]) == []
