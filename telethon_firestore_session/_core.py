@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from telethon import utils
@@ -28,6 +28,7 @@ from telethon.tl import types
 from telethon.tl.tlobject import TLObject
 
 from ._writer import BackgroundWriter
+from .errors import SessionError, SessionRotationError
 
 __all__ = ["Changes", "EntityRow", "FileKey", "SessionCore", "SessionHeader", "Store", "StoredSession"]
 
@@ -149,6 +150,47 @@ class Store(abc.ABC):
 
     def periodic(self) -> None:  # noqa: B027 - optional hook
         """Called by the background writer about once per flush interval (lease renewal)."""
+
+    def reseal(self) -> int:
+        """Write every sealed value again with the cipher's current key; return the records rewritten.
+
+        Stores that support encryption implement it (key rotation); nothing is written
+        when a value cannot be opened.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot re-seal")
+
+
+def reseal_each(keys: Iterable[object], open_store: Callable[[Any], Store], key_id: str) -> int:
+    """Re-seal the session of every key (:meth:`Store.reseal`); the loop of the ``rotate_*`` functions.
+
+    A session that cannot be opened or re-sealed is logged, skipped and left as it
+    was; once the others are done, :class:`SessionRotationError` lists every one of
+    them (the first chained as ``__cause__``). Returns how many sessions changed.
+    """
+    rotated = 0
+    failures: list[SessionError] = []
+    for key in keys:
+        try:
+            store = open_store(key)
+        except SessionError as exc:  # e.g. a session file that is a symbolic link
+            log.warning("rotate: session %s was not re-sealed: %s", key, exc)
+            failures.append(exc)
+            continue
+        try:
+            written = store.reseal()
+        except SessionError as exc:
+            log.warning("rotate: %s was not re-sealed: %s", store.where, exc)
+            failures.append(exc)
+            continue
+        finally:
+            store.close()
+        if written:
+            rotated += 1
+            log.info("rotate: re-sealed %d record(s) of %s with key %s", written, store.where, key_id)
+    if failures:
+        log.warning("rotate: %d session(s) re-sealed, %d skipped", rotated, len(failures))
+        raise SessionRotationError(rotated, failures) from failures[0]
+    return rotated
 
 
 # -- turning TL objects into rows ------------------------------------------------------

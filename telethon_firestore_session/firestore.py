@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from telethon.tl import types
 
-from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
+from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession, reseal_each
 from ._ids import SessionKey, validate_id
 from .crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
 from .errors import (
@@ -26,7 +26,6 @@ from .errors import (
     SchemaVersionError,
     SessionCorruptError,
     SessionError,
-    SessionRotationError,
     SessionStoreError,
 )
 
@@ -557,23 +556,11 @@ def rotate_firestore_sessions(
                 keys.append(SessionKey(bot_id, ref.id))
             except SessionError:
                 log.warning("rotate: skipping session document %r, whose id is not a valid user_id", ref.id)
-    rotated = 0
-    failures: list[SessionError] = []
-    for key in keys:
-        store = FirestoreStore(key, client, rpc_timeout=rpc_timeout, cipher=cipher, encrypt_pii=encrypt_pii)
-        try:
-            written = store.reseal()
-        except SessionError as exc:
-            log.warning("rotate: %s was not re-sealed: %s", store.where, exc)
-            failures.append(exc)
-            continue
-        if written:
-            rotated += 1
-            log.info("rotate: re-sealed %d document(s) of %s with key %s", written, store.where, cipher.key_id)
-    if failures:
-        log.warning("rotate: %d session(s) re-sealed, %d failed", rotated, len(failures))
-        raise SessionRotationError(rotated, failures) from failures[0]
-    return rotated
+    return reseal_each(
+        keys,
+        lambda key: FirestoreStore(key, client, rpc_timeout=rpc_timeout, cipher=cipher, encrypt_pii=encrypt_pii),
+        cipher.key_id,
+    )
 
 
 class FirestoreSession(SessionCore):

@@ -77,7 +77,7 @@ from typing import Any, NamedTuple
 
 from telethon.tl import types
 
-from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession
+from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession, reseal_each
 from ._ids import SessionKey, validate_id
 from .crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
 from .errors import (
@@ -86,9 +86,7 @@ from .errors import (
     SchemaVersionError,
     SessionCorruptError,
     SessionDecryptionError,
-    SessionError,
     SessionInUseError,
-    SessionRotationError,
     SessionStoreError,
 )
 
@@ -1275,30 +1273,9 @@ def rotate_sqlite_sessions(
     else:
         _, bot_dir = _bot_dir(sessions_dir, bot_id)
         keys = [SessionKey(bot_id, uid) for uid in sorted(_session_files(bot_dir))]
-    rotated = 0
-    failures: list[SessionError] = []
-    for key in keys:
-        try:
-            store = SQLiteStore(key, sessions_dir, cipher=cipher, encrypt_pii=encrypt_pii)
-        except SessionError as exc:  # e.g. a session file that is a symbolic link
-            log.warning("rotate: session %s was not re-sealed: %s", key, exc)
-            failures.append(exc)
-            continue
-        try:
-            written = store.reseal()
-        except SessionError as exc:
-            log.warning("rotate: %s was not re-sealed: %s", store.where, exc)
-            failures.append(exc)
-            continue
-        finally:
-            store.close()
-        if written:
-            rotated += 1
-            log.info("rotate: re-sealed %d row(s) of %s with key %s", written, store.where, cipher.key_id)
-    if failures:
-        log.warning("rotate: %d session(s) re-sealed, %d skipped", rotated, len(failures))
-        raise SessionRotationError(rotated, failures) from failures[0]
-    return rotated
+    return reseal_each(
+        keys, lambda key: SQLiteStore(key, sessions_dir, cipher=cipher, encrypt_pii=encrypt_pii), cipher.key_id
+    )
 
 
 class ScopedSQLiteSession(SessionCore):
