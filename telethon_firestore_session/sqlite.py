@@ -479,6 +479,22 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("rollback")
 
 
+@contextlib.contextmanager
+def _durable_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction committed with a full fsync (write-through); rolled back on any error."""
+    conn.execute("pragma synchronous=full")
+    try:
+        conn.execute("begin immediate")
+        try:
+            yield
+            conn.execute("commit")
+        except BaseException:
+            _rollback(conn)
+            raise
+    finally:
+        conn.execute("pragma synchronous=normal")
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"pragma table_info({table})").fetchall()}
 
@@ -1023,29 +1039,20 @@ class SQLiteStore(Store):
         try:
             with self._lock:
                 conn = self._conn()
-                conn.execute("pragma synchronous=full")
-                try:
-                    conn.execute("begin immediate")
-                    try:
-                        conn.execute("delete from sessions")
-                        conn.execute(
-                            "insert into sessions (dc_id, server_address, port, auth_key, takeout_id, tmp_auth_key) "
-                            "values (?, ?, ?, ?, ?, ?)",
-                            (
-                                header.dc_id,
-                                header.server_address,
-                                header.port,
-                                self._encode_auth_key(header.auth_key),
-                                header.takeout_id,
-                                b"",
-                            ),
-                        )
-                        conn.execute("commit")
-                    except BaseException:
-                        _rollback(conn)
-                        raise
-                finally:
-                    conn.execute("pragma synchronous=normal")
+                with _durable_transaction(conn):
+                    conn.execute("delete from sessions")
+                    conn.execute(
+                        "insert into sessions (dc_id, server_address, port, auth_key, takeout_id, tmp_auth_key) "
+                        "values (?, ?, ?, ?, ?, ?)",
+                        (
+                            header.dc_id,
+                            header.server_address,
+                            header.port,
+                            self._encode_auth_key(header.auth_key),
+                            header.takeout_id,
+                            b"",
+                        ),
+                    )
                 if self._purge_due:
                     # The plaintext (or old-key) auth key is still in the main file until a
                     # checkpoint copies the new page over it: do that now.
@@ -1173,22 +1180,13 @@ class SQLiteStore(Store):
                 columns, sealed = self._resealed_entities(conn)
                 if auth_key is None and not columns:
                     return 0
-                conn.execute("pragma synchronous=full")
-                try:
-                    conn.execute("begin immediate")
-                    try:
-                        if auth_key is not None:
-                            conn.execute("update sessions set auth_key = ?", (auth_key,))
-                        if columns:
-                            conn.execute(f"create table if not exists {_SEALED_TABLE}")
-                            conn.executemany(_UPDATE_PII, columns)
-                            conn.executemany(_INSERT_SEALED, sealed)
-                        conn.execute("commit")
-                    except BaseException:
-                        _rollback(conn)
-                        raise
-                finally:
-                    conn.execute("pragma synchronous=normal")
+                with _durable_transaction(conn):
+                    if auth_key is not None:
+                        conn.execute("update sessions set auth_key = ?", (auth_key,))
+                    if columns:
+                        conn.execute(f"create table if not exists {_SEALED_TABLE}")
+                        conn.executemany(_UPDATE_PII, columns)
+                        conn.executemany(_INSERT_SEALED, sealed)
                 self._sealed_table = self._sealed_table or bool(columns)
                 if opened.header is not None:
                     self._opened = _Opened(opened.header, _KEY_CURRENT)
