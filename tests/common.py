@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable
 
 from telethon.tl import types
 
+from telethon_firestore_session.config import ENV_VARIABLES
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
 
 #: The bot of the SQLite tests' sessions (the ``opener`` fixture's default).
@@ -38,3 +40,8 @@ PEOPLE = types.contacts.ResolvedPeer(
         person(503, None, "4915112345678", "Carol", "Kings"),
     ],
 )
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """This process's environment without any variable the factory reads, plus ``values``: for child processes."""
+    return {**{k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}, **values}

@@ -27,6 +27,7 @@ from telethon_firestore_session.config import (
     log_deployment_info,
 )
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
+from tests.common import clean_env
 from tests.leaks import assert_absent
 
 API_HASH = "0123456789abcdef0123456789abcdef"
@@ -389,16 +390,10 @@ def _child(environ: dict[str, str], cwd: Path) -> dict[str, Any]:
         cwd=cwd,
         check=False,
     )
-    assert AUTH.hex()[:64] not in proc.stdout + proc.stderr
+    assert_absent(proc.stdout + proc.stderr, auth_key=AUTH)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
-
-
-def _clean_env(**values: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("RENDER", "SESSION", "FIREBASE", "USE_LOCAL"))}
-    keep.pop("FIRESTORE_EMULATOR_HOST", None)
-    return {**keep, **values}
 
 
 def test_fresh_process_client_from_create_session_local(tmp_path: Path) -> None:
@@ -408,7 +403,7 @@ def test_fresh_process_client_from_create_session_local(tmp_path: Path) -> None:
     stored.auth_key = AuthKey(AUTH)
     stored.save()
     stored.close()
-    out = _child(_clean_env(BOT_ID="mybot", SESSION_ENCRYPTION_KEY=ENC_KEY), tmp_path)  # SESSIONS_DIR default
+    out = _child(clean_env(BOT_ID="mybot", SESSION_ENCRYPTION_KEY=ENC_KEY), tmp_path)  # SESSIONS_DIR default
     assert out == {
         "type": "ScopedSQLiteSession",
         "key_sha256": hashlib.sha256(AUTH).hexdigest(),
@@ -425,7 +420,7 @@ def test_fresh_process_client_from_create_session_on_render(firestore_client: An
     stored.auth_key = AuthKey(AUTH)
     stored.save()
     stored.close()
-    out = _child(_clean_env(**values), tmp_path)
+    out = _child(clean_env(**values), tmp_path)
     assert out == {
         "type": "FirestoreSession",
         "key_sha256": hashlib.sha256(AUTH).hexdigest(),

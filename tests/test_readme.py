@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.common import clean_env
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 _BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)^```", re.S | re.M)
-_SCRUB = ("RENDER", "USE_LOCAL_STORAGE", "SESSION", "FIREBASE", "BOT_", "API_", "SESSIONS_DIR", "FIRESTORE_EMULATOR")
 
 
 def _python_blocks() -> list[tuple[str, str, int]]:
@@ -40,10 +41,8 @@ BLOCKS = _python_blocks()
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
-    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
-    env["PYTHONPATH"] = str(ROOT)
-    return {**env, **extra}
+    """No factory variables (the local default), and this checkout importable (for ``examples``)."""
+    return clean_env(PYTHONPATH=str(ROOT), **extra)
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
