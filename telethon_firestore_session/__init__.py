@@ -4,7 +4,8 @@ The public API, by layer (each documented in the README):
 
 * sessions: :class:`FirestoreSession`, :class:`ScopedSQLiteSession` (both
   ``telethon.sessions.abstract.Session``), built on :class:`SessionCore` and the
-  process-wide :class:`BackgroundWriter`;
+  process-wide :class:`BackgroundWriter`; :class:`Store` is the interface a new
+  backend implements;
 * encryption at rest: :class:`SessionCipher`, :func:`generate_key`;
 * the environment factory: :class:`SessionConfig`, :func:`create_session`,
   :func:`get_deployment_info`, :func:`log_deployment_info`, :func:`is_render`;
@@ -15,9 +16,8 @@ The public API, by layer (each documented in the README):
 
 from __future__ import annotations
 
-from ._core import SessionCore
-from ._writer import BackgroundWriter, WriterStats
 from .config import SessionConfig, create_session, get_deployment_info, is_render, log_deployment_info
+from .core import SessionCore, Store
 from .crypto import SessionCipher, generate_key
 from .errors import (
     ConfigError,
@@ -42,6 +42,7 @@ from .manager import (
 )
 from .migrate import copy_session
 from .sqlite import ScopedSQLiteSession
+from .writer import BackgroundWriter, WriterStats
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "SessionInUseError",
     "SessionRotationError",
     "SessionStoreError",
+    "Store",
     "UserSession",
     "UserSessionInfo",
     "UserSessionManager",

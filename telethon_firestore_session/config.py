@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._ids import validate_id
 from .crypto import SessionCipher
 from .errors import ConfigError, InvalidSessionIdError
+from .ids import validate_id
 
 if TYPE_CHECKING:
     from google.cloud import firestore

@@ -19,8 +19,9 @@ Messages name the session and the field involved, never a key or an auth key.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = [
     "ConfigError",
@@ -33,6 +34,8 @@ __all__ = [
     "SessionInUseError",
     "SessionRotationError",
     "SessionStoreError",
+    "store_error",
+    "wrap_store_errors",
 ]
 
 
@@ -147,3 +150,26 @@ class SessionRotationError(SessionError):
         )
         self.rotated = rotated
         self.failures = tuple(failures)
+
+
+def store_error(what: str, where: str, exc: BaseException) -> SessionStoreError:
+    """``SessionStoreError("cannot {what} {where}: {type}: {exc}")``, for ``raise ... from exc``.
+
+    The one way this library turns a backend's exception (a Firestore RPC error, an
+    ``OSError``, an ``sqlite3.Error``) into a :class:`SessionStoreError`. ``where``
+    names the store (a path or a document), never a secret.
+    """
+    return SessionStoreError(f"cannot {what} {where}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def wrap_store_errors(
+    what: str, where: str, *, catch: type[BaseException] | tuple[type[BaseException], ...] = Exception
+) -> Iterator[None]:
+    """Re-raise any ``catch`` exception from the block as :func:`store_error`; our own errors pass through."""
+    try:
+        yield
+    except SessionError:
+        raise
+    except catch as exc:
+        raise store_error(what, where, exc) from exc

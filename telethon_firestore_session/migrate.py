@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import hashlib
 import logging
 import os
 import sqlite3
@@ -53,9 +52,18 @@ from telethon.sessions import MemorySession, SQLiteSession, StringSession
 from telethon.sessions.abstract import Session
 from telethon.tl import types
 
-from ._core import EMPTY_HEADER, Changes, EntityRow, FileKey, SessionCore, SessionHeader
-from ._ids import SessionKey
+from .core import (
+    EMPTY_HEADER,
+    Changes,
+    EntityRow,
+    FileKey,
+    SessionCore,
+    SessionHeader,
+    SessionSnapshot,
+    auth_key_fingerprint,
+)
 from .errors import SessionCorruptError, SessionError, SessionStoreError
+from .ids import SessionKey
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -114,54 +122,6 @@ _NO_AUTH_KEY = "the source has no auth key (it never logged in); nothing to copy
 _CHANNEL_MARK = 1_000_000_000_000
 _UTC = datetime.timezone.utc
 _URLSAFE = str.maketrans("-_", "+/")
-
-
-def auth_key_fingerprint(key: bytes | None) -> str | None:
-    """A short, non-reversible name for an auth key: the first 16 hex digits of its SHA-256.
-
-    Safe to print and log; two sessions with the same fingerprint hold the same login.
-    """
-    if not key:
-        return None
-    return hashlib.sha256(key).hexdigest()[:16]
-
-
-# -- snapshots ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SessionSnapshot:
-    """Everything a Telethon session holds, read out of one: header, states, entities, files.
-
-    The auth key is never part of ``repr()``; :attr:`fingerprint` names it instead.
-    """
-
-    dc_id: int = 0
-    server_address: str | None = None
-    port: int | None = None
-    auth_key: bytes | None = dataclasses.field(default=None, repr=False)
-    takeout_id: int | None = None
-    update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict, repr=False)
-    entities: list[EntityRow] = dataclasses.field(default_factory=list, repr=False)
-    files: dict[FileKey, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
-    #: ``False`` when the source could not list its entities and sent files (an unknown
-    #: third-party session type): only the header and update states were read.
-    complete: bool = True
-
-    @property
-    def header(self) -> SessionHeader:
-        return SessionHeader(self.dc_id, self.server_address, self.port, self.auth_key, self.takeout_id)
-
-    @property
-    def fingerprint(self) -> str | None:
-        return auth_key_fingerprint(self.auth_key)
-
-    def __repr__(self) -> str:
-        return (
-            f"SessionSnapshot(dc_id={self.dc_id}, server_address={self.server_address!r}, port={self.port}, "
-            f"auth_key={self.fingerprint or 'none'}, takeout_id={self.takeout_id}, "
-            f"update_states={len(self.update_states)}, entities={len(self.entities)}, files={len(self.files)})"
-        )
 
 
 def _key_bytes(auth_key: Any) -> bytes | None:

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from telethon_firestore_session import BackgroundWriter
-from telethon_firestore_session._ids import SessionKey
-from telethon_firestore_session._lease import FirestoreLease, make_holder_id, parse_lease
 from telethon_firestore_session.errors import SessionInUseError, SessionStoreError
 from telethon_firestore_session.firestore import session_document
+from telethon_firestore_session.firestore.lease import FirestoreLease, make_holder_id, parse_lease
+from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.manager import LoginStatus, UserSessionManager
 
 from .telegram_double import FakeTelegram

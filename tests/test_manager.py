@@ -23,7 +23,6 @@ import pytest
 from telethon.tl import types
 
 from telethon_firestore_session import BackgroundWriter
-from telethon_firestore_session._directory import SQLiteDirectory
 from telethon_firestore_session.crypto import SessionCipher, generate_key
 from telethon_firestore_session.errors import (
     InvalidSessionIdError,
@@ -39,6 +38,7 @@ from telethon_firestore_session.manager import (
     UserSessionManager,
 )
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
+from telethon_firestore_session.sqlite.directory import SQLiteDirectory
 
 from .telegram_double import FakeTelegram
 

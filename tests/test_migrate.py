@@ -23,7 +23,7 @@ from telethon.sessions import MemorySession, SQLiteSession, StringSession
 from telethon.tl import types
 
 from telethon_firestore_session import FirestoreSession, SessionCorruptError, SessionDecryptionError
-from telethon_firestore_session._core import SessionCore
+from telethon_firestore_session.core import SessionCore
 from telethon_firestore_session.crypto import SessionCipher, generate_key, is_sealed
 from telethon_firestore_session.migrate import (
     COPIED,

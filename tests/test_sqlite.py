@@ -35,7 +35,7 @@ from telethon_firestore_session import (
     SessionCorruptError,
     SessionInUseError,
 )
-from telethon_firestore_session._core import Changes, EntityRow
+from telethon_firestore_session.core import Changes, EntityRow
 from telethon_firestore_session.sqlite import (
     METADATA_FILE,
     SCHEMA_VERSION,
@@ -768,7 +768,8 @@ def test_unreadable_metadata_is_rebuilt_from_files(
 CHILD_HAMMER = """
 import itertools, sys, threading
 from pathlib import Path
-from telethon_firestore_session.sqlite import ScopedSQLiteSession, _update_metadata
+from telethon_firestore_session.sqlite import ScopedSQLiteSession
+from telethon_firestore_session.sqlite.store import _update_metadata
 sdir, users = sys.argv[1], sys.argv[2].split(",")
 bot_dir = Path(sdir).resolve() / "bot1"
 
@@ -858,7 +859,7 @@ def test_metadata_writers_in_several_processes_lose_no_entry(sdir: Path) -> None
 
 
 def test_rollback_keeps_the_original_error_when_no_transaction_is_open(tmp_path: Path) -> None:
-    from telethon_firestore_session.sqlite import _rollback
+    from telethon_firestore_session.sqlite.store import _rollback
 
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     conn.execute("create table t (x)")

@@ -35,7 +35,6 @@ from telethon_firestore_session import (
     SessionRotationError,
     UserSessionManager,
 )
-from telethon_firestore_session._directory import SQLiteDirectory
 from telethon_firestore_session.crypto import OVERHEAD, SessionCipher, is_sealed
 from telethon_firestore_session.firestore import rotate_firestore_sessions
 from telethon_firestore_session.manager import LoginStatus
@@ -53,6 +52,7 @@ from telethon_firestore_session.sqlite import (
     ScopedSQLiteSession,
     rotate_sqlite_sessions,
 )
+from telethon_firestore_session.sqlite.directory import SQLiteDirectory
 from tests.common import AUTH_A, AUTH_B, BOT, KEY_NEW, KEY_OLD, PEOPLE, RAW_NEW, RAW_OLD, Opener, person
 
 from .leaks import find_leaks

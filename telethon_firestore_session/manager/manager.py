@@ -49,25 +49,26 @@ from typing import TYPE_CHECKING, Any, cast
 
 from telethon import TelegramClient, errors, utils
 
-from ._directory import (
+from telethon_firestore_session.errors import ConfigError, SessionClosedError, SessionError, SessionStoreError
+from telethon_firestore_session.firestore.directory import FirestoreDirectory
+from telethon_firestore_session.firestore.lease import DEFAULT_LEASE_TTL, FirestoreLease, make_holder_id
+from telethon_firestore_session.ids import validate_id
+from telethon_firestore_session.sqlite.directory import SQLiteDirectory
+from telethon_firestore_session.writer import BackgroundWriter
+
+from .directory import (
     ApiCredentials,
-    FirestoreDirectory,
     PendingLogin,
     SessionDirectory,
-    SQLiteDirectory,
     UserRecord,
 )
-from ._ids import validate_id
-from ._lease import DEFAULT_LEASE_TTL, FirestoreLease, make_holder_id
-from ._writer import BackgroundWriter
-from .errors import ConfigError, SessionClosedError, SessionError, SessionStoreError
 
 if TYPE_CHECKING:
     from google.cloud import firestore
 
-    from ._core import SessionCore, Store
-    from .config import SessionConfig
-    from .crypto import SessionCipher
+    from telethon_firestore_session.config import SessionConfig
+    from telethon_firestore_session.core import SessionCore, Store
+    from telethon_firestore_session.crypto import SessionCipher
 
 __all__ = [
     "LoginResult",
@@ -301,7 +302,7 @@ class UserSessionManager:
             elif backend == "firestore":
                 owns = firestore_client is None
                 if firestore_client is None:
-                    from .firestore import make_client
+                    from telethon_firestore_session.firestore import make_client
 
                     firestore_client = make_client(project)
                 directory = FirestoreDirectory(
@@ -1047,7 +1048,7 @@ def create_user_session_manager_from_config(config: SessionConfig | None = None,
 
     :raises ConfigError: a missing or invalid setting, at start-up.
     """
-    from .config import SessionConfig
+    from telethon_firestore_session.config import SessionConfig
 
     # A configuration read here is ours alone, and so is the Firestore client built
     # from it: the manager closes it. A configuration passed in keeps its client.

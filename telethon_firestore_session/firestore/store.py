@@ -18,16 +18,25 @@ from typing import TYPE_CHECKING, Any
 
 from telethon.tl import types
 
-from ._core import Changes, EntityRow, FileKey, SessionCore, SessionHeader, Store, StoredSession, reseal_each
-from ._ids import SessionKey, validate_id
-from .crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
-from .errors import (
+from telethon_firestore_session.core import (
+    Changes,
+    EntityRow,
+    FileKey,
+    SessionCore,
+    SessionHeader,
+    Store,
+    StoredSession,
+    reseal_each,
+)
+from telethon_firestore_session.crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
+from telethon_firestore_session.errors import (
     ConfigError,
     SchemaVersionError,
     SessionCorruptError,
     SessionError,
     SessionStoreError,
 )
+from telethon_firestore_session.ids import SessionKey, validate_id
 
 if TYPE_CHECKING:
     from google.cloud import firestore

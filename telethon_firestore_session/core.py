@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,10 +28,20 @@ from telethon.sessions.abstract import Session
 from telethon.tl import types
 from telethon.tl.tlobject import TLObject
 
-from ._writer import BackgroundWriter
 from .errors import SessionError, SessionRotationError
+from .writer import BackgroundWriter
 
-__all__ = ["Changes", "EntityRow", "FileKey", "SessionCore", "SessionHeader", "Store", "StoredSession"]
+__all__ = [
+    "Changes",
+    "EntityRow",
+    "FileKey",
+    "SessionCore",
+    "SessionHeader",
+    "SessionSnapshot",
+    "Store",
+    "StoredSession",
+    "auth_key_fingerprint",
+]
 
 log = logging.getLogger("telethon_firestore_session")
 
@@ -97,6 +108,54 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.entities) + len(self.states) + len(self.files)
+
+
+def auth_key_fingerprint(key: bytes | None) -> str | None:
+    """A short, non-reversible name for an auth key: the first 16 hex digits of its SHA-256.
+
+    Safe to print and log; two sessions with the same fingerprint hold the same login.
+    """
+    if not key:
+        return None
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SessionSnapshot:
+    """Everything a Telethon session holds, read out of one: header, states, entities, files.
+
+    The auth key is never part of ``repr()``; :attr:`fingerprint` names it instead.
+    """
+
+    dc_id: int = 0
+    server_address: str | None = None
+    port: int | None = None
+    auth_key: bytes | None = dataclasses.field(default=None, repr=False)
+    takeout_id: int | None = None
+    update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict, repr=False)
+    entities: list[EntityRow] = dataclasses.field(default_factory=list, repr=False)
+    files: dict[FileKey, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
+    #: ``False`` when the source could not list its entities and sent files (an unknown
+    #: third-party session type): only the header and update states were read.
+    complete: bool = True
+
+    @property
+    def header(self) -> SessionHeader:
+        return SessionHeader(self.dc_id, self.server_address, self.port, self.auth_key, self.takeout_id)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return auth_key_fingerprint(self.auth_key)
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionSnapshot(dc_id={self.dc_id}, server_address={self.server_address!r}, port={self.port}, "
+            f"auth_key={self.fingerprint or 'none'}, takeout_id={self.takeout_id}, "
+            f"update_states={len(self.update_states)}, entities={len(self.entities)}, files={len(self.files)})"
+        )
 
 
 class Store(abc.ABC):

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from ._core import Changes, Store
+    from .core import Changes, Store
 
 __all__ = ["BackgroundWriter", "WriterStats"]
 

@@ -42,7 +42,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import SessionInUseError, SessionStoreError
+from telethon_firestore_session.errors import SessionInUseError, SessionStoreError
 
 if TYPE_CHECKING:
     from google.cloud import firestore

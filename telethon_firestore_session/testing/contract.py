@@ -64,7 +64,7 @@ from telethon.sessions.abstract import Session
 from telethon.tl import types
 from telethon.tl.tlobject import TLObject
 
-from ._core import SessionCore, Store
+from telethon_firestore_session.core import SessionCore, Store
 
 __all__ = [
     "ENTITY_CASES",
@@ -644,7 +644,7 @@ class FirestoreBackend(SessionBackend):
         self.options = options
 
     def make_session(self) -> Session:
-        from .firestore import FirestoreSession
+        from telethon_firestore_session.firestore import FirestoreSession
 
         return FirestoreSession(self.user_id, bot_id=self.bot_id, client=self.client, **self.options)
 
@@ -667,7 +667,7 @@ class ScopedSQLiteBackend(SessionBackend):
         self.options = options
 
     def make_session(self) -> Session:
-        from .sqlite import ScopedSQLiteSession
+        from telethon_firestore_session.sqlite import ScopedSQLiteSession
 
         return ScopedSQLiteSession(self.user_id, bot_id=self.bot_id, sessions_dir=self.sessions_dir, **self.options)
 

@@ -37,20 +37,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from . import migrate
-from .errors import (
-    ConfigError,
-    InvalidSessionIdError,
-    SessionDecryptionError,
-    SessionError,
-)
+from telethon_firestore_session import migrate
+from telethon_firestore_session.errors import ConfigError, InvalidSessionIdError, SessionDecryptionError, SessionError
 
 if TYPE_CHECKING:
     from google.cloud import firestore
     from telethon.sessions.abstract import Session
 
-    from .config import SessionConfig
-    from .manager import UserSessionManager
+    from telethon_firestore_session.config import SessionConfig
+    from telethon_firestore_session.manager import UserSessionManager
 
 __all__ = ["main"]
 
@@ -212,7 +207,7 @@ class Env:
     @property
     def config(self) -> SessionConfig:
         if self._config is None:
-            from .config import SessionConfig
+            from telethon_firestore_session.config import SessionConfig
 
             self._config = SessionConfig.from_env(self.environ)
             log.debug("configuration: %r", self._config)  # secrets masked by its repr
@@ -279,13 +274,13 @@ class Env:
     # -- sessions ---------------------------------------------------------------------------
 
     def open_local(self, user_id: str) -> Session:
-        from .sqlite import ScopedSQLiteSession
+        from telethon_firestore_session.sqlite import ScopedSQLiteSession
 
         options = self.config.session_options()
         return ScopedSQLiteSession(user_id, bot_id=self.bot_id, sessions_dir=self.sessions_dir, **options)
 
     def open_firestore(self, user_id: str) -> Session:
-        from .firestore import FirestoreSession
+        from telethon_firestore_session.firestore import FirestoreSession
 
         options = self.config.session_options()
         return FirestoreSession(user_id, bot_id=self.bot_id, client=self.firestore_client(), **options)
@@ -296,19 +291,19 @@ class Env:
         return self.open_local(user_id)
 
     def exists(self, user_id: str, backend: str | None = None) -> bool:
-        from ._ids import SessionKey
+        from telethon_firestore_session.ids import SessionKey
 
         key = SessionKey(self.bot_id, user_id)
         if (_backend_name(backend) or self.backend) == FIRESTORE:
-            from .firestore import session_document
+            from telethon_firestore_session.firestore import session_document
 
             return bool(session_document(self.firestore_client(), key).get(field_paths=[], timeout=30).exists)
-        from .sqlite import session_path
+        from telethon_firestore_session.sqlite import session_path
 
         return session_path(self.sessions_dir, key).exists()
 
     def local_user_ids(self) -> list[str]:
-        from .sqlite import list_sqlite_sessions
+        from telethon_firestore_session.sqlite import list_sqlite_sessions
 
         return [str(e["user_id"]) for e in list_sqlite_sessions(self.sessions_dir, self.bot_id)]
 
@@ -342,7 +337,7 @@ class Env:
         return migrate.SessionDestination(self.open_local)
 
     def manager(self, backend: str | None = None) -> UserSessionManager:
-        from .manager import create_user_session_manager_from_config
+        from telethon_firestore_session.manager import create_user_session_manager_from_config
 
         config = self.config_for(backend)
         options: dict[str, Any] = {}
@@ -512,7 +507,7 @@ def _bulk(
 
 
 def cmd_info(env: Env, out: Output) -> int:
-    from .config import get_deployment_info
+    from telethon_firestore_session.config import get_deployment_info
 
     info = get_deployment_info(env.config)
     health = _run_async(lambda m: m.health_check(), env)
@@ -825,7 +820,7 @@ def _confirm(out: Output, prompt: str, expected: str) -> bool:
 
 def cmd_delete(env: Env, out: Output) -> int:
     a = env.args
-    from ._ids import validate_id
+    from telethon_firestore_session.ids import validate_id
 
     user = validate_id("user_id", a.user)
     bot_id = env.bot_id  # a configuration error comes before the question
@@ -847,7 +842,7 @@ def cmd_rotate_key(env: Env, out: Output) -> int:
     if cipher is None:
         raise ConfigError("SESSION_ENCRYPTION_KEY", "is not set: there is no key to re-seal with")
     backend = env.backend
-    from .config import rotate_sessions
+    from telethon_firestore_session.config import rotate_sessions
 
     a = env.args
     if a.user and not env.exists(a.user):
@@ -882,7 +877,7 @@ def cmd_rotate_key(env: Env, out: Output) -> int:
 
 
 def cmd_keygen(env: Env, out: Output) -> int:
-    from .crypto import SessionCipher, generate_key
+    from telethon_firestore_session.crypto import SessionCipher, generate_key
 
     key = generate_key()
     key_id = SessionCipher(key).key_id
@@ -1085,7 +1080,7 @@ def _sqlite_auth_keys(files: Sequence[Path]) -> list[tuple[str, bytes]]:
 
 def _check_sealing(env: Env, values: Sequence[tuple[str, bytes]]) -> Iterator[Check]:
     """Do the stored auth keys match the configured keys? Looks at key ids only; never prints a value."""
-    from .crypto import is_sealed
+    from telethon_firestore_session.crypto import is_sealed
 
     if not values:
         return
@@ -1290,7 +1285,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common(suppress=False)],
         epilog="Exit codes: 0 success, 1 partial failure, 2 usage or configuration error.",
     )
-    from . import __version__
+    from telethon_firestore_session import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
