@@ -13,7 +13,13 @@ from telethon import TelegramClient
 from telethon.crypto import AuthKey
 from telethon.tl import types
 
-from telethon_firestore_session import ConfigError, FirestoreSession, SessionDecryptionError, SessionRotationError
+from telethon_firestore_session import (
+    ConfigError,
+    FirestoreSession,
+    SessionCorruptError,
+    SessionDecryptionError,
+    SessionRotationError,
+)
 from telethon_firestore_session.crypto import OVERHEAD, SessionCipher, is_sealed
 from telethon_firestore_session.firestore import rotate_firestore_sessions
 from tests.common import AUTH_A, AUTH_B, KEY_NEW, KEY_OLD, PEOPLE, RAW_NEW, RAW_OLD, person
@@ -119,6 +125,25 @@ def test_tampered_auth_key_never_overwrites(firestore_client: Any, bot_id: str, 
     assert info.value.field == "auth_key"
     assert "modified or belongs to another session" in info.value.reason
     assert raw(doc(firestore_client, bot_id)) == before
+
+
+@pytest.mark.parametrize("with_cipher", [True, False])
+def test_auth_key_of_the_wrong_length_is_refused_and_never_overwritten(
+    firestore_client: Any, bot_id: str, old: SessionCipher, with_cipher: bool
+) -> None:
+    """Neither 256 bytes nor an envelope: the same rule as SQLite files, never read as a key nor re-sealed."""
+    make(firestore_client, bot_id).close()
+    for damaged in (AUTH_A[:100], AUTH_A + b"\x00"):
+        doc(firestore_client, bot_id).update({"auth_key": damaged})
+        before = raw(doc(firestore_client, bot_id))
+        if with_cipher:
+            with pytest.raises(SessionDecryptionError, match="modified or truncated") as info:
+                open_session(firestore_client, bot_id, cipher=old)
+            assert info.value.field == "auth_key"
+        else:
+            with pytest.raises(SessionCorruptError, match="not 256"):
+                open_session(firestore_client, bot_id)
+        assert raw(doc(firestore_client, bot_id)) == before
 
 
 def test_auth_key_copied_from_another_user_does_not_open(

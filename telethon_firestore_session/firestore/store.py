@@ -28,7 +28,7 @@ from telethon_firestore_session.core import (
     StoredSession,
     reseal_each,
 )
-from telethon_firestore_session.crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
+from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.errors import (
     ConfigError,
     SchemaVersionError,
@@ -37,6 +37,7 @@ from telethon_firestore_session.errors import (
     SessionStoreError,
 )
 from telethon_firestore_session.ids import SessionKey, validate_id
+from telethon_firestore_session.sealing import PII_FIELDS, KeyState, Sealer
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -60,11 +61,6 @@ MAX_WRITES_PER_COMMIT = 500
 
 ENTITIES = "entities"
 SENT_FILES = "sent_files"
-
-#: Entity fields sealed with ``encrypt_pii=True``; each gets a ``{field}_bi`` blind index.
-PII_FIELDS = ("username", "phone", "name")
-#: A plaintext auth key is exactly this long; a sealed one never is.
-AUTH_KEY_SIZE = 256
 
 
 def make_client(project: str | None = None, credentials: Any = None) -> firestore.Client:
@@ -190,15 +186,13 @@ class FirestoreStore(Store):
     ) -> None:
         from google.api_core import retry as retries
 
-        if encrypt_pii and cipher is None:
-            raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         self.key = key
         self.client = client
         self.doc = session_document(client, key)
         self.where = f"firestore:{self.doc.path}"
+        self.sealer = Sealer(key, self.where, cipher, encrypt_pii=encrypt_pii, record="document")
         self.cipher = cipher
         self.encrypt_pii = encrypt_pii
-        self._context = str(key)  # what sealed values are bound to: bot_id/user_id
         self._rpc_timeout = rpc_timeout
         self._lookup_timeout = lookup_timeout
         self._retry = retries.Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=rpc_timeout)
@@ -222,32 +216,16 @@ class FirestoreStore(Store):
 
     # -- sealing ----------------------------------------------------------------------------
 
-    def _open(self, value: bytes, field: str) -> bytes:
-        return open_sealed(self.cipher, value, where=self.where, context=self._context, field=field)
-
     def _open_stored(self, stored: StoredSession) -> StoredSession:
-        """Open a sealed auth key; flag a plaintext or old-key one for rewriting."""
-        raw = stored.header.auth_key
-        if raw is None:
-            return stored
-        # A plaintext auth key is 256 bytes and a sealed one never is, so a plaintext
-        # key that happens to start like an envelope is still read as plaintext.
-        if len(raw) != AUTH_KEY_SIZE and is_sealed(raw):
-            plain = self._open(raw, "auth_key")
-            assert self.cipher is not None
-            rewrite = self.cipher.needs_reseal(raw)
-            if rewrite:
-                log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
-            return dataclasses.replace(stored, header=stored.header._replace(auth_key=plain), needs_rewrite=rewrite)
-        if self.cipher is not None:
+        """Open the stored auth key (one rule for both stores: see :mod:`..sealing`)."""
+        key, state = self.sealer.open_auth_key(stored.header.auth_key)
+        if state is KeyState.PLAINTEXT:
             log.info("%s: plaintext auth key; it is sealed on the next save()", self.where)
-            return dataclasses.replace(stored, needs_rewrite=True)
-        return stored
-
-    def _seal_auth_key(self, auth_key: bytes | None) -> bytes | None:
-        if auth_key is None or self.cipher is None:
-            return auth_key
-        return self.cipher.seal(auth_key, where=self._context, field="auth_key")
+        elif state is KeyState.OLD_KEY:
+            log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
+        return dataclasses.replace(
+            stored, header=stored.header._replace(auth_key=key), needs_rewrite=state.needs_rewrite
+        )
 
     def _entity_row(self, doc_id: str, data: dict[str, Any] | None) -> EntityRow | None:
         """An entity row from its document, opening sealed fields."""
@@ -256,23 +234,19 @@ class FirestoreStore(Store):
             for f in PII_FIELDS:
                 value = data.get(f)
                 if isinstance(value, bytes):
-                    data[f] = open_sealed_text(
-                        self.cipher, value, where=self.where, context=self._context, field=f"{ENTITIES}/{doc_id}/{f}"
-                    )
+                    data[f] = self.sealer.open_entity_field(doc_id, f, value)
         return _entity_from_doc(doc_id, data)
 
     def _entity_fields(self, row: EntityRow) -> dict[str, Any]:
         """The document of an entity row: plaintext, or sealed with blind indexes."""
         data: dict[str, Any] = {"hash": row.hash}
-        cipher = self.cipher
         for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
-            if cipher is None or not self.encrypt_pii:
+            if not self.sealer.seals_fields:
                 data[f] = value
             elif value is None:
                 data[f] = data[f"{f}_bi"] = None
             else:
-                data[f] = cipher.seal_text(value, where=self._context, field=f"{ENTITIES}/{row.id}/{f}")
-                data[f"{f}_bi"] = cipher.blind_index(value, where=self._context, field=f)
+                data[f"{f}_bi"], data[f] = self.sealer.seal_entity_field(row.id, f, value)
         data["date"] = row.date
         return data
 
@@ -297,7 +271,7 @@ class FirestoreStore(Store):
         if self.cipher is not None:
             # Sealed rows are found by their blind index under any accepted key;
             # rows written before encrypt_pii was on, by their plaintext.
-            indexes = list(self.cipher.blind_indexes(value, where=self._context, field=field))
+            indexes = list(self.sealer.blind_indexes(field, value))
             flt = Or([FieldFilter(f"{field}_bi", "in", indexes), flt])
         query = self.doc.collection(ENTITIES).where(filter=flt).limit(10)
         rows = [
@@ -332,7 +306,7 @@ class FirestoreStore(Store):
             "dc_id": header.dc_id,
             "server_address": header.server_address,
             "port": header.port,
-            "auth_key": self._seal_auth_key(header.auth_key),
+            "auth_key": self.sealer.seal_auth_key(header.auth_key),
             "takeout_id": header.takeout_id,
             "updated_at": now,
             "last_active_at": now,
@@ -454,7 +428,7 @@ class FirestoreStore(Store):
             stored = self._open_stored(parse_session_document(snap.to_dict() or {}, self.where))
             if not stored.needs_rewrite:
                 return False
-            fields = {"auth_key": self._seal_auth_key(stored.header.auth_key), "updated_at": _now()}
+            fields = {"auth_key": self.sealer.seal_auth_key(stored.header.auth_key), "updated_at": _now()}
             try:
                 self.doc.update(
                     fields,
@@ -484,8 +458,7 @@ class FirestoreStore(Store):
         fields: dict[str, Any] = {}
         for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
             if value is not None and (isinstance(data.get(f), bytes) or self.encrypt_pii):
-                fields[f] = cipher.seal_text(value, where=self._context, field=f"{ENTITIES}/{row.id}/{f}")
-                fields[f"{f}_bi"] = cipher.blind_index(value, where=self._context, field=f)
+                fields[f"{f}_bi"], fields[f] = self.sealer.seal_entity_field(row.id, f, value)
         return fields
 
     def _reseal_entities(self) -> int:

@@ -87,7 +87,7 @@ from telethon_firestore_session.core import (
     StoredSession,
     reseal_each,
 )
-from telethon_firestore_session.crypto import SessionCipher, is_sealed, open_sealed, open_sealed_text
+from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.errors import (
     ConfigError,
     InvalidSessionIdError,
@@ -98,6 +98,7 @@ from telethon_firestore_session.errors import (
     SessionStoreError,
 )
 from telethon_firestore_session.ids import SessionKey, validate_id
+from telethon_firestore_session.sealing import PII_FIELDS, KeyState, Sealer
 
 try:
     import fcntl
@@ -119,7 +120,6 @@ log = logging.getLogger("telethon_firestore_session.sqlite")
 #: Telethon's ``CURRENT_VERSION`` of its SQLite session schema (Telethon 1.45).
 SCHEMA_VERSION = 8
 
-AUTH_KEY_SIZE = 256
 SESSION_SUFFIX = ".session"
 METADATA_FILE = "metadata.json"
 METADATA_LOCK = "metadata.lock"
@@ -177,8 +177,6 @@ _INDEXES = (
 )
 _LOOKUP_FIELDS = frozenset({"username", "phone", "name"})
 
-#: Entity fields sealed with ``encrypt_pii=True``, in column order.
-PII_FIELDS = ("username", "phone", "name")
 ENTITIES = "entities"
 #: Our side table of sealed entity fields; Telethon ignores it.
 SEALED_ENTITIES = "tfs_sealed_entities"
@@ -516,18 +514,11 @@ def _wal_size(path: Path) -> int:
         return 0
 
 
-# How the auth key is stored in a file that was opened.
-_KEY_NONE = "none"
-_KEY_CURRENT = "current"  # plaintext without a cipher, or sealed with the current key
-_KEY_PLAINTEXT = "plaintext"  # plaintext, with a cipher: sealed on the next save()
-_KEY_OLD = "old-key"  # sealed with an old key: re-sealed on the next save()
-
-
 class _Opened(NamedTuple):
     """The sessions row of a file as it was opened (auth key opened), and how its key was stored."""
 
     header: SessionHeader | None
-    state: str
+    state: KeyState
 
 
 def _state_from_row(pts: Any, qts: Any, date: Any, seq: Any) -> types.updates.State:
@@ -568,15 +559,13 @@ class SQLiteStore(Store):
         cipher: SessionCipher | None = None,
         encrypt_pii: bool = False,
     ) -> None:
-        if encrypt_pii and cipher is None:
-            raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         self.key = key
         self.sessions_dir, self.bot_dir = _bot_dir(sessions_dir, key.bot_id)
         self.path = session_path(sessions_dir, key)
         self.where = f"sqlite:{self.path}"
+        self.sealer = Sealer(key, self.where, cipher, encrypt_pii=encrypt_pii, record="file")
         self.cipher = cipher
         self.encrypt_pii = encrypt_pii
-        self._context = str(key)  # what sealed values are bound to: bot_id/user_id
         self._lock = threading.RLock()
         self._handle: _Handle | None = None
         self._opened: _Opened | None = None  # the sessions row as read (and opened) when the file was opened
@@ -731,7 +720,7 @@ class SQLiteStore(Store):
     def _read_header(self, conn: sqlite3.Connection, tables: set[str]) -> _Opened:
         """The sessions row with its auth key opened; reads only (any schema version)."""
         if "sessions" not in tables:
-            return _Opened(None, _KEY_NONE)
+            return _Opened(None, KeyState.NONE)
         cur = conn.execute("select * from sessions limit 1")
         try:
             names = [d[0] for d in cur.description]
@@ -739,9 +728,9 @@ class SQLiteStore(Store):
         finally:
             cur.close()
         if row is None:
-            return _Opened(None, _KEY_NONE)
+            return _Opened(None, KeyState.NONE)
         values = dict(zip(names, row, strict=True))
-        auth_key, state = self._decode_auth_key(values.get("auth_key"))
+        auth_key, state = self.sealer.open_auth_key(values.get("auth_key"))
         header = SessionHeader(
             int(values.get("dc_id") or 0),
             values.get("server_address"),
@@ -823,54 +812,12 @@ class SQLiteStore(Store):
 
     # -- sealing ---------------------------------------------------------------------------
 
-    def _open(self, value: bytes, field: str) -> bytes:
-        return open_sealed(self.cipher, value, where=self.where, context=self._context, field=field)
-
     def _encode_auth_key(self, key: bytes | None) -> bytes:
-        """The value stored in ``sessions.auth_key``: sealed with a cipher (Telethon stores ``b''`` for no key)."""
-        if not key:
-            return b""
-        if self.cipher is None:
-            return key
-        return self.cipher.seal(key, where=self._context, field="auth_key")
-
-    def _decode_auth_key(self, value: object) -> tuple[bytes | None, str]:
-        """The auth key from a ``sessions.auth_key`` value, and how it is stored (``_KEY_*``)."""
-        if value is None:
-            return None, _KEY_NONE
-        if not isinstance(value, (bytes, memoryview)):
-            raise SessionCorruptError(f"{self.where}: the auth key is not a blob; the file was not modified")
-        raw = bytes(value)
-        if not raw:
-            return None, _KEY_NONE
-        # A plaintext auth key is 256 bytes and a sealed one never is, so a plaintext
-        # key that happens to start like an envelope is still read as plaintext.
-        if len(raw) == AUTH_KEY_SIZE:
-            return raw, (_KEY_PLAINTEXT if self.cipher is not None else _KEY_CURRENT)
-        if is_sealed(raw):
-            key = self._open(raw, "auth_key")
-            assert self.cipher is not None
-            if len(key) != AUTH_KEY_SIZE:
-                raise SessionCorruptError(
-                    f"{self.where}: the opened auth key has {len(key)} bytes, not {AUTH_KEY_SIZE}; "
-                    "the file was not modified"
-                )
-            return key, (_KEY_OLD if self.cipher.needs_reseal(raw) else _KEY_CURRENT)
-        if self.cipher is not None:
-            raise SessionDecryptionError(
-                self.where,
-                "auth_key",
-                f"the stored value has {len(raw)} bytes and is neither a plaintext auth key nor a sealed one: "
-                "it was modified or truncated",
-            )
-        raise SessionCorruptError(
-            f"{self.where}: the auth key has {len(raw)} bytes, not {AUTH_KEY_SIZE}; the file was not modified"
-        )
+        """The value stored in ``sessions.auth_key`` (Telethon stores ``b''`` for no key)."""
+        return self.sealer.seal_auth_key(key) or b""
 
     def _seal_fields(self, row: EntityRow) -> tuple[list[str | None], list[bytes | None]]:
         """The ``entities`` columns (blind indexes) and side-table values (sealed) of a row."""
-        cipher = self.cipher
-        assert cipher is not None
         columns: list[str | None] = []
         sealed: list[bytes | None] = []
         for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
@@ -878,8 +825,9 @@ class SQLiteStore(Store):
                 columns.append(None)
                 sealed.append(None)
             else:
-                columns.append(BLIND_INDEX_PREFIX + cipher.blind_index(value, where=self._context, field=f))
-                sealed.append(cipher.seal_text(value, where=self._context, field=f"{ENTITIES}/{row.id}/{f}"))
+                index, value_sealed = self.sealer.seal_entity_field(row.id, f, value)
+                columns.append(BLIND_INDEX_PREFIX + index)
+                sealed.append(value_sealed)
         return columns, sealed
 
     def _field_value(self, eid: int, f: str, column: Any, sealed: Any) -> str | None:
@@ -889,17 +837,8 @@ class SQLiteStore(Store):
             if column is None or column == "":
                 return None
             return str(column)  # the phone column has integer affinity
-        field = f"{ENTITIES}/{eid}/{f}"
-        value = open_sealed_text(self.cipher, bytes(sealed), where=self.where, context=self._context, field=field)
-        cipher = self.cipher
-        assert cipher is not None
-        if column[len(BLIND_INDEX_PREFIX) :] not in cipher.blind_indexes(value, where=self._context, field=f):
-            raise SessionDecryptionError(
-                self.where,
-                field,
-                "the blind index in the entities table does not belong to the sealed value: "
-                "the row was changed outside telethon-firestore-session",
-            )
+        value = self.sealer.open_entity_field(eid, f, bytes(sealed))
+        self.sealer.check_blind_index(eid, f, value, column[len(BLIND_INDEX_PREFIX) :])
         return value
 
     def _entity(self, row: Sequence[Any]) -> EntityRow:
@@ -934,10 +873,10 @@ class SQLiteStore(Store):
                     raise SessionCorruptError(f"{self.where}: cannot read the session ({exc})") from exc
                 if opened.header is None and not states:
                     return None
-                rewrite = opened.state in (_KEY_PLAINTEXT, _KEY_OLD)
-                if opened.state == _KEY_PLAINTEXT:
+                rewrite = opened.state.needs_rewrite
+                if opened.state is KeyState.PLAINTEXT:
                     log.info("%s: plaintext auth key; it is sealed on the next save()", self.where)
-                elif opened.state == _KEY_OLD:
+                elif opened.state is KeyState.OLD_KEY:
                     log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
                 self._purge_due = rewrite
                 header = opened.header or SessionHeader(0, None, None, None, None)
@@ -972,9 +911,7 @@ class SQLiteStore(Store):
             # written before encrypt_pii was on, by their plaintext. One indexed query.
             indexes: frozenset[str] = frozenset()
             if self.cipher is not None:
-                indexes = frozenset(
-                    BLIND_INDEX_PREFIX + bi for bi in self.cipher.blind_indexes(value, where=self._context, field=field)
-                )
+                indexes = frozenset(BLIND_INDEX_PREFIX + bi for bi in self.sealer.blind_indexes(field, value))
             keys = (value, *indexes)
             marks = ",".join("?" * len(keys))
             rows = conn.execute(f"{_SELECT_SEALED} where e.{field} in ({marks}) {order}", keys).fetchall()
@@ -1184,7 +1121,7 @@ class SQLiteStore(Store):
             try:
                 opened = self._opened if fresh and self._opened is not None else self._read_header(conn, {"sessions"})
                 auth_key: bytes | None = None
-                if opened.header is not None and opened.state in (_KEY_PLAINTEXT, _KEY_OLD):
+                if opened.header is not None and opened.state.needs_rewrite:
                     auth_key = self._encode_auth_key(opened.header.auth_key)
                 columns, sealed = self._resealed_entities(conn)
                 if auth_key is None and not columns:
@@ -1198,7 +1135,7 @@ class SQLiteStore(Store):
                         conn.executemany(_INSERT_SEALED, sealed)
                 self._sealed_table = self._sealed_table or bool(columns)
                 if opened.header is not None:
-                    self._opened = _Opened(opened.header, _KEY_CURRENT)
+                    self._opened = _Opened(opened.header, KeyState.CURRENT)
                 self._purge_due = False
                 self._checkpoint(conn)  # the replaced values leave the disk now
             except sqlite3.Error as exc:
