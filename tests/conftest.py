@@ -3,7 +3,8 @@
 ``emulator`` (session scope) starts the emulator jar on a free loopback port,
 or uses the one in ``FIRESTORE_EMULATOR_HOST``. ``firestore_client`` resets the
 emulator's data before each test. Without the emulator those tests skip with
-an install hint; under ``CI=true`` they fail instead.
+an install hint; under ``CI=true`` they fail instead. ``paused`` lets a test
+pause the emulator.
 """
 
 from __future__ import annotations
@@ -103,3 +104,14 @@ def old() -> SessionCipher:
 def new() -> SessionCipher:
     """The rotated cipher: the new key, still opening the old one."""
     return SessionCipher(KEY_NEW, [KEY_OLD])
+
+
+@pytest.fixture
+def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
+    """The emulator, for a test body that pauses it (``paused.pause()``); always resumed afterwards."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    try:
+        yield emulator
+    finally:
+        emulator.resume()

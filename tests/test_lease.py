@@ -379,13 +379,11 @@ async def test_two_processes_on_one_sqlite_user_get_session_in_use(
 
 @pytest.mark.firestore
 async def test_health_check_reports_a_paused_emulator_as_unhealthy_without_raising(
-    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram, emulator: Any
+    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram, paused: Any
 ) -> None:
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite (it is paused)")
     m = _manager(managers, firestore_client, bot_id, fake, rpc_timeout=1.0)
     await _log_in(m, fake)
-    emulator.pause()
+    paused.pause()
     try:
         start = time.monotonic()
         health = await m.health_check(timeout=1.0)
@@ -399,5 +397,5 @@ async def test_health_check_reports_a_paused_emulator_as_unhealthy_without_raisi
             await m.get_user_client("someone-else")
         assert time.monotonic() - start < 5.0
     finally:
-        emulator.resume()
+        paused.resume()
     assert (await m.health_check())["status"] in ("healthy", "degraded")

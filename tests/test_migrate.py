@@ -8,11 +8,9 @@ real Firestore emulator. Every round trip is compared field by field.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import sqlite3
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -448,31 +446,9 @@ def test_bulk_import_batches_writes_across_sessions(tmp_path: Path, firestore_cl
     assert count(firestore_client.collection_group("entities")) == n * per
 
 
-def pause(emulator: Emulator) -> None:
-    """SIGSTOP the emulator and wait until every JVM thread has actually stopped."""
-    assert emulator.process is not None
-    emulator.pause()
-    tasks = Path(f"/proc/{emulator.process.pid}/task")
-    if not tasks.is_dir():  # not Linux: give the signal a moment
-        time.sleep(0.5)
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        states = set()
-        for task in tasks.iterdir():
-            with contextlib.suppress(OSError):
-                states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
-        if states <= {"T", "t"}:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"the emulator did not stop: thread states {states}")
-
-
 def test_failed_commit_is_reported_and_a_rerun_completes_it(
-    tmp_path: Path, emulator: Emulator, firestore_client: Any, bot_id: str
+    tmp_path: Path, paused: Emulator, firestore_client: Any, bot_id: str
 ) -> None:
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite to pause it")
     for i in range(6):
         s = SQLiteSession(str(tmp_path / f"user_{i}"))
         s.set_dc(2, "149.154.167.51", 443)
@@ -486,14 +462,14 @@ def test_failed_commit_is_reported_and_a_rerun_completes_it(
         nonlocal opened
         opened += 1
         if opened == 6:
-            pause(emulator)  # Firestore stops answering with session 5 still in the batch
+            paused.pause()  # Firestore stops answering with session 5 still in the batch
         return FirestoreStore(key, firestore_client, rpc_timeout=1.0)
 
     dest = FirestoreDestination(firestore_client, bot_id, batch_size=4, rpc_timeout=1.0, store_factory=store_factory)
     try:
         report = import_session_files(tmp_path, dest)
     finally:
-        emulator.resume()
+        paused.resume()
     assert report.counts() == {COPIED: 4, FAILED: 2}, report.as_dict()
     reasons = {i.user_id: i.reason for i in report.failed}
     assert "commit failed" in reasons["4"]
