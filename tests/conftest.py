@@ -21,6 +21,7 @@ from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
 from tests.common import BOT, KEY_NEW, KEY_OLD, Opener
 from tests.emulator import INSTALL_HINT, Emulator, find_jar
+from tests.leaks import debug_logging
 
 PROJECT = "demo-telethon-firestore-session"
 
@@ -115,3 +116,10 @@ def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
         yield emulator
     finally:
         emulator.resume()
+
+
+@pytest.fixture
+def debug_everywhere() -> Iterator[None]:
+    """DEBUG on the root logger and on the libraries' own loggers (telethon, google, grpc) for the test."""
+    with debug_logging():
+        yield

@@ -1,14 +1,16 @@
-"""One contract suite, every backend: the ``session_backend`` and ``store_backend`` fixtures.
+"""One contract suite, every backend: the ``session_backend``, ``store_backend`` and ``encryption_backend`` fixtures.
 
 Adding a backend is a :class:`~telethon_firestore_session.testing.SessionBackend`
-subclass (a few lines, in ``telethon_firestore_session/testing.py``) and one entry
-in ``_BUILDERS`` below.
+subclass (a few lines, in ``telethon_firestore_session/testing/backends.py``) and one
+entry in ``_BUILDERS`` below; a store that seals is also an
+:class:`~telethon_firestore_session.testing.EncryptionBackend`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,8 @@ _BUILDERS: dict[str, _Builder] = {
 
 #: Backends whose sessions are SessionCore bound to a store (they also run StoreContract).
 _STORE_BACKENDS = ("firestore", "firestore-sealed", "scoped-sqlite", "scoped-sqlite-sealed")
+#: Stores that seal (they also run EncryptionContract, choosing the cipher per session).
+_ENCRYPTION_BACKENDS = ("firestore", "scoped-sqlite")
 
 
 def _param(name: str) -> object:
@@ -59,5 +63,11 @@ def session_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
 @pytest.fixture(params=[_param(n) for n in _STORE_BACKENDS])
 def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionBackend]:
+    with _BUILDERS[request.param](request, tmp_path) as backend:
+        yield backend
+
+
+@pytest.fixture(params=[_param(n) for n in _ENCRYPTION_BACKENDS])
+def encryption_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     with _BUILDERS[request.param](request, tmp_path) as backend:
         yield backend

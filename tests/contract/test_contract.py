@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from telethon_firestore_session.testing import SessionContract, StoreContract
+from telethon_firestore_session.testing import EncryptionContract, SessionContract, StoreContract
 
 
 class TestSession(SessionContract):
@@ -14,6 +14,10 @@ class TestSession(SessionContract):
 
 class TestStore(StoreContract):
     """Backends built on SessionCore with a store."""
+
+
+class TestEncryption(EncryptionContract):
+    """The stores that seal: FirestoreSession and ScopedSQLiteSession."""
 
 
 def test_importing_the_package_does_not_import_pytest() -> None:
