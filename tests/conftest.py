@@ -4,7 +4,7 @@
 or uses the one in ``FIRESTORE_EMULATOR_HOST``. ``firestore_client`` resets the
 emulator's data before each test. Without the emulator those tests skip with
 an install hint; under ``CI=true`` they fail instead. ``paused`` lets a test
-pause the emulator.
+pause the emulator (such a test is marked ``slow``).
 """
 
 from __future__ import annotations
@@ -116,6 +116,14 @@ def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
         yield emulator
     finally:
         emulator.resume()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that pauses the emulator is slow (it waits for timeouts by design)."""
+    for item in items:
+        if "paused" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

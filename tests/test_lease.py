@@ -93,6 +93,7 @@ def test_a_lease_is_exclusive_until_released(firestore_client: Any, bot_id: str)
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost(firestore_client: Any, bot_id: str) -> None:
     _doc(firestore_client, bot_id).set({"schema_version": 1})
     a = _lease(firestore_client, bot_id, "host:1:a", ttl=0.5)
@@ -143,6 +144,7 @@ def test_renewal_extends_the_lease_and_the_activity_while_the_document_is_being_
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_renew_if_due_waits_for_a_third_of_the_ttl(firestore_client: Any, bot_id: str) -> None:
     _doc(firestore_client, bot_id).set({"schema_version": 1})
     lease = _lease(firestore_client, bot_id, "host:1:a", ttl=0.9)
@@ -210,6 +212,7 @@ async def test_a_second_instance_gets_session_in_use_until_the_first_closes(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_a_client_whose_lease_was_taken_over_is_closed(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
@@ -230,6 +233,7 @@ async def test_a_client_whose_lease_was_taken_over_is_closed(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_leases_are_renewed_while_the_client_is_open(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
@@ -310,6 +314,7 @@ def _start_holder(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_two_processes_contend_and_a_killed_holder_is_taken_over_within_the_ttl(
     managers: list[UserSessionManager],
     firestore_client: Any,
@@ -354,6 +359,7 @@ async def test_two_processes_contend_and_a_killed_holder_is_taken_over_within_th
     assert _stored_lease(firestore_client, bot_id).holder == b.holder_id
 
 
+@pytest.mark.slow
 async def test_two_processes_on_one_sqlite_user_get_session_in_use(
     tmp_path: Path, fake: FakeTelegram, holder_process: list[subprocess.Popen[str]]
 ) -> None:

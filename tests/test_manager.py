@@ -330,6 +330,7 @@ async def test_idle_clients_are_flushed_and_disconnected(env: Env) -> None:
     assert again is not None and again is not client
 
 
+@pytest.mark.slow
 async def test_a_client_in_use_is_not_idle(env: Env) -> None:
     m = env.manager(idle_timeout=0.6)
     client = await login(m, env.fake, "u1")
@@ -620,6 +621,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_a_fresh_process_finds_the_users_session_and_auth_key(env: Env, tmp_path: Path) -> None:
     m = env.manager()
     client = await login(m, env.fake, "u1")

@@ -421,6 +421,7 @@ def test_directory_import_interrupted_by_a_corrupt_file_then_rerun(
             s.close()
 
 
+@pytest.mark.slow
 def test_bulk_import_batches_writes_across_sessions(tmp_path: Path, firestore_client: Any, bot_id: str) -> None:
     n, per = 60, 20
     for i in range(n):

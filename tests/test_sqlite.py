@@ -557,6 +557,7 @@ s.close()
 """
 
 
+@pytest.mark.slow
 def test_second_process_gets_session_in_use(opener: Opener, sdir: Path) -> None:
     s = opener()
     s.set_dc(2, "149.154.167.51", 443)
@@ -586,6 +587,7 @@ def test_second_object_in_one_process_gets_session_in_use(opener: Opener) -> Non
     opener().close()
 
 
+@pytest.mark.slow
 def test_telegram_client_in_a_fresh_process_sees_auth_key_and_dc(opener: Opener, sdir: Path) -> None:
     s = opener()
     s.set_dc(4, "149.154.167.91", 443)
@@ -789,6 +791,7 @@ for i in itertools.count():
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_metadata_writes_loses_nothing(
     opener: Opener, sdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -844,6 +847,7 @@ for i in range(25):
 """
 
 
+@pytest.mark.slow
 def test_metadata_writers_in_several_processes_lose_no_entry(sdir: Path) -> None:
     procs = [
         subprocess.Popen(

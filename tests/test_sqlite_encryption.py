@@ -143,6 +143,7 @@ os._exit(0)  # killed before close(): the commit is only in the -wal
 """
 
 
+@pytest.mark.slow
 def test_left_over_wal_is_left_alone_when_opening_fails(
     sdir: Path, old: SessionCipher, opener: Opener, files: ScopedSQLiteBackend
 ) -> None:
@@ -231,6 +232,7 @@ s.close()
 """
 
 
+@pytest.mark.slow
 def test_rotate_skips_and_reports_sessions_held_elsewhere(
     opener: Opener, sdir: Path, files: ScopedSQLiteBackend, old: SessionCipher, new: SessionCipher
 ) -> None:
@@ -271,6 +273,7 @@ def test_rotate_skips_and_reports_sessions_held_elsewhere(
     assert rotate_sqlite_sessions(sdir, BOT, new) == 2
 
 
+@pytest.mark.slow
 def test_rotate_needs_no_live_session_and_a_killed_holder_does_not_block(
     sdir: Path, old: SessionCipher, new: SessionCipher
 ) -> None:

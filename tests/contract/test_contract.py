@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from telethon_firestore_session.testing import EncryptionContract, SessionContract, StoreContract
 
 
@@ -20,6 +22,7 @@ class TestEncryption(EncryptionContract):
     """The stores that seal: FirestoreSession and ScopedSQLiteSession."""
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_pytest() -> None:
     code = (
         "import sys, telethon_firestore_session, telethon_firestore_session.firestore; "
