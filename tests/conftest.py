@@ -19,7 +19,8 @@ import pytest
 
 from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
-from tests.common import BOT, KEY_NEW, KEY_OLD, Opener
+from telethon_firestore_session.testing.encryption import new_cipher, old_cipher
+from tests.common import BOT, Opener
 from tests.emulator import INSTALL_HINT, Emulator, find_jar
 from tests.leaks import debug_logging
 
@@ -98,13 +99,13 @@ def opener(sdir: Path) -> Iterator[Opener]:
 @pytest.fixture
 def old() -> SessionCipher:
     """A cipher with only the old key."""
-    return SessionCipher(KEY_OLD)
+    return old_cipher()
 
 
 @pytest.fixture
 def new() -> SessionCipher:
     """The rotated cipher: the new key, still opening the old one."""
-    return SessionCipher(KEY_NEW, [KEY_OLD])
+    return new_cipher()
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from telethon_firestore_session import FirestoreSession
 from telethon_firestore_session.crypto import SessionCipher, is_sealed
 from telethon_firestore_session.firestore import ENTITIES, session_document
 from telethon_firestore_session.ids import SessionKey
-from tests.common import AUTH_A, AUTH_B, PEOPLE
+from telethon_firestore_session.testing.cases import AUTH_A, AUTH_B
+from telethon_firestore_session.testing.encryption import PEOPLE
 
 pytestmark = pytest.mark.firestore
 

@@ -55,20 +55,18 @@ from telethon_firestore_session.sqlite import (
 )
 from telethon_firestore_session.sqlite.directory import SQLiteDirectory
 from telethon_firestore_session.testing import ScopedSQLiteBackend
-from tests.common import (
-    AUTH_A,
-    AUTH_B,
-    BOT,
+from telethon_firestore_session.testing.cases import AUTH_A, AUTH_B
+from telethon_firestore_session.testing.encryption import (
     KEY_NEW,
     KEY_OLD,
     PEOPLE,
     PLAINTEXT,
     RAW_NEW,
     RAW_OLD,
-    Opener,
     peer,
     person,
 )
+from tests.common import BOT, Opener
 
 from .leaks import assert_absent, find_leaks
 from .telegram_double import FakeTelegram

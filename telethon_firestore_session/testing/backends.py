@@ -197,9 +197,11 @@ class SessionCoreBackend(SessionBackend):
 class _StoreBackend(SessionBackend, EncryptionBackend):
     """A store of this library: sessions of ``bot_id`` with ``options`` (and per-session overrides)."""
 
-    bot_id: str
-    user_id: str
-    options: dict[str, Any]
+    def __init__(self, bot_id: str, user_id: str, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.bot_id = bot_id
+        self.user_id = user_id
+        self.options = options
 
     @abc.abstractmethod
     def construct(self, user_id: str, bot_id: str, **options: Any) -> Session:
@@ -235,11 +237,8 @@ class FirestoreBackend(_StoreBackend):
     }
 
     def __init__(self, client: Any, bot_id: str, user_id: str = "42", **options: Any) -> None:
-        super().__init__()
+        super().__init__(bot_id, user_id, options)
         self.client = client
-        self.bot_id = bot_id
-        self.user_id = user_id
-        self.options = options
 
     def construct(self, user_id: str, bot_id: str, **options: Any) -> Session:
         from telethon_firestore_session.firestore import FirestoreSession
@@ -339,11 +338,8 @@ class ScopedSQLiteBackend(_StoreBackend):
     def __init__(
         self, sessions_dir: str | os.PathLike[str], bot_id: str = "bot", user_id: str = "42", **options: Any
     ) -> None:
-        super().__init__()
+        super().__init__(bot_id, user_id, options)
         self.sessions_dir = sessions_dir
-        self.bot_id = bot_id
-        self.user_id = user_id
-        self.options = options
 
     def construct(self, user_id: str, bot_id: str, **options: Any) -> Session:
         from telethon_firestore_session.sqlite import ScopedSQLiteSession

@@ -14,35 +14,28 @@ from typing import Any
 
 import pytest
 
+from telethon_firestore_session import testing as contract
 from telethon_firestore_session.crypto import SessionCipher
-from telethon_firestore_session.testing import (
-    FirestoreBackend,
-    MemorySessionBackend,
-    ScopedSQLiteBackend,
-    SessionBackend,
-    SessionCoreBackend,
-    SQLiteSessionBackend,
-)
 
-_Builder = Callable[[pytest.FixtureRequest, Path], SessionBackend]
+_Builder = Callable[[pytest.FixtureRequest, Path], contract.SessionBackend]
 
 #: Encryption on: sealed auth keys and sealed usernames, phones and names (blind-index lookups).
 _SEALED = {"cipher": SessionCipher(bytes(range(100, 132))), "encrypt_pii": True}
 
 _BUILDERS: dict[str, _Builder] = {
-    "firestore": lambda request, tmp: FirestoreBackend(
+    "firestore": lambda request, tmp: contract.FirestoreBackend(
         request.getfixturevalue("firestore_client"), request.getfixturevalue("bot_id")
     ),
-    "firestore-sealed": lambda request, tmp: FirestoreBackend(
+    "firestore-sealed": lambda request, tmp: contract.FirestoreBackend(
         request.getfixturevalue("firestore_client"), request.getfixturevalue("bot_id"), **_SEALED
     ),
-    "scoped-sqlite": lambda request, tmp: ScopedSQLiteBackend(tmp / "sessions", bot_id="contract-bot"),
-    "scoped-sqlite-sealed": lambda request, tmp: ScopedSQLiteBackend(
+    "scoped-sqlite": lambda request, tmp: contract.ScopedSQLiteBackend(tmp / "sessions", bot_id="contract-bot"),
+    "scoped-sqlite-sealed": lambda request, tmp: contract.ScopedSQLiteBackend(
         tmp / "sessions", bot_id="contract-bot", **_SEALED
     ),
-    "session-core": lambda request, tmp: SessionCoreBackend(),
-    "telethon-memory": lambda request, tmp: MemorySessionBackend(),
-    "telethon-sqlite": lambda request, tmp: SQLiteSessionBackend(tmp),
+    "session-core": lambda request, tmp: contract.SessionCoreBackend(),
+    "telethon-memory": lambda request, tmp: contract.MemorySessionBackend(),
+    "telethon-sqlite": lambda request, tmp: contract.SQLiteSessionBackend(tmp),
 }
 
 #: Backends whose sessions are SessionCore bound to a store (they also run StoreContract).
@@ -56,13 +49,13 @@ def _param(name: str) -> object:
 
 
 @pytest.fixture(params=[_param(n) for n in _BUILDERS])
-def session_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionBackend]:
+def session_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[contract.SessionBackend]:
     with _BUILDERS[request.param](request, tmp_path) as backend:
         yield backend
 
 
 @pytest.fixture(params=[_param(n) for n in _STORE_BACKENDS])
-def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionBackend]:
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[contract.SessionBackend]:
     with _BUILDERS[request.param](request, tmp_path) as backend:
         yield backend
 
