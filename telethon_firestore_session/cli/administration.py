@@ -76,12 +76,12 @@ def cmd_rotate_key(env: Env, out: Output) -> int:
     from telethon_firestore_session.config import rotate_sessions
 
     a = env.args
-    if a.user and not env.exists(a.user):
-        raise SessionError(f"no {backend} session for user {a.user!r} of bot {env.bot_id!r}")
+    if a.user:
+        env.require(a.user)
     user_ids = [a.user] if a.user else env.user_ids(backend)
 
     def run(
-        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+        *, progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
     ) -> migrate.BulkReport:
         # One user at a time, so that the report says which sessions were re-sealed and which were not.
         start = time.monotonic()

@@ -16,10 +16,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, Protocol
 
 from telethon_firestore_session import migrate
-from telethon_firestore_session.errors import ConfigError
+from telethon_firestore_session.errors import ConfigError, SessionError
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -284,13 +284,36 @@ class Env:
 
         return session_path(self.sessions_dir, key).exists()
 
+    def require(self, user_id: str, backend: str | None = None) -> None:
+        """Raise :class:`SessionError` unless ``user_id`` has a session in ``backend`` (opening would create one)."""
+        name = backend_name(backend) or self.backend
+        if not self.exists(user_id, name):
+            raise SessionError(f"no {name} session for user {user_id!r} of bot {self.bot_id!r}")
+
+    def read(self, user_id: str, backend: str | None = None, *, check: bool = True) -> migrate.SessionSnapshot:
+        """``user_id``'s session in ``backend``, read whole; with ``check``, a missing one is an error."""
+        if check:
+            self.require(user_id, backend)
+        session = self.open(user_id, backend)
+        try:
+            return migrate.read_session(session)
+        finally:
+            session.close()
+
     def local_user_ids(self) -> list[str]:
         from telethon_firestore_session.sqlite import list_sqlite_sessions
 
         return [str(e["user_id"]) for e in list_sqlite_sessions(self.sessions_dir, self.bot_id)]
 
+    def sessions_collection(self) -> firestore.CollectionReference:
+        """The bot's Firestore sessions: ``bots/{bot_id}/user_sessions``."""
+        sessions: firestore.CollectionReference = (
+            self.firestore_client().collection("bots").document(self.bot_id).collection("user_sessions")
+        )
+        return sessions
+
     def firestore_user_ids(self, page_size: int = 300) -> Iterator[str]:
-        col = self.firestore_client().collection("bots").document(self.bot_id).collection("user_sessions")
+        col = self.sessions_collection()
         last = None
         while True:
             query = col.select([]).order_by("__name__").limit(page_size)
@@ -448,8 +471,12 @@ class GracefulStop:
             self._installed = False
 
 
-#: ``run(progress, report, stop)`` of a bulk command: fills ``report``, asks ``stop()`` between sessions.
-BulkRun = Callable[[migrate.ProgressCallback, migrate.BulkReport, Callable[[], bool]], migrate.BulkReport]
+class BulkRun(Protocol):
+    """The work of a bulk command: fills ``report``, asks ``stop()`` between sessions (as ``migrate``'s importers)."""
+
+    def __call__(
+        self, *, progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
+    ) -> migrate.BulkReport: ...
 
 
 def bulk(
@@ -465,7 +492,7 @@ def bulk(
     interrupted = False
     with GracefulStop() as stop:
         try:
-            run(progress, report, stop)
+            run(progress=progress, report=report, stop=stop)
         except KeyboardInterrupt:
             interrupted = True
         finally:

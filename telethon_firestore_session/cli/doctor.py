@@ -10,15 +10,11 @@ import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from telethon_firestore_session import migrate
 from telethon_firestore_session.errors import ConfigError
 
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, FIRESTORE, PROG, SQLITE, AddCommand, Env, Output
-
-if TYPE_CHECKING:
-    from google.cloud import firestore
 
 
 def add_commands(add: AddCommand) -> None:
@@ -118,9 +114,8 @@ def _check_firestore(env: Env) -> Iterator[Check]:
                 return
         yield Check("credentials", "ok", str(info.get("credentials", "configured")))
     try:
-        client = env.firestore_client()
         start = time.monotonic()
-        col = client.collection("bots").document(env.bot_id).collection("user_sessions")
+        col = env.sessions_collection()
         docs = list(col.select([]).limit(1).get(timeout=10))
         ms = (time.monotonic() - start) * 1000
     except Exception as exc:  # noqa: BLE001 - reported as a finding
@@ -133,19 +128,19 @@ def _check_firestore(env: Env) -> Iterator[Check]:
     yield Check(
         "firestore", "ok", f"read bots/{env.bot_id}/user_sessions in {ms:.0f} ms ({len(docs)} document sampled)"
     )
-    yield from _check_leases_and_legacy(env, client)
+    yield from _check_leases_and_legacy(env)
     try:
-        values = _firestore_auth_keys(env, client)
+        values = _firestore_auth_keys(env)
     except Exception as exc:  # noqa: BLE001 - reported as a finding
         yield Check("sealing", "warn", f"cannot read the stored auth keys ({type(exc).__name__})")
         return
     yield from _check_sealing(env, values)
 
 
-def _check_leases_and_legacy(env: Env, client: firestore.Client) -> Iterator[Check]:
+def _check_leases_and_legacy(env: Env) -> Iterator[Check]:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    col = client.collection("bots").document(env.bot_id).collection("user_sessions")
+    col = env.sessions_collection()
     now = datetime.datetime.now(datetime.timezone.utc)
     try:
         held = list(
@@ -178,8 +173,8 @@ def _check_leases_and_legacy(env: Env, client: firestore.Client) -> Iterator[Che
 _SEAL_SAMPLE = 20
 
 
-def _firestore_auth_keys(env: Env, client: firestore.Client) -> list[tuple[str, bytes]]:
-    col = client.collection("bots").document(env.bot_id).collection("user_sessions")
+def _firestore_auth_keys(env: Env) -> list[tuple[str, bytes]]:
+    col = env.sessions_collection()
     values = []
     for snap in col.select(["auth_key"]).limit(_SEAL_SAMPLE).get(timeout=10):
         value = (snap.to_dict() or {}).get("auth_key")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from telethon_firestore_session import migrate
-from telethon_firestore_session.errors import SessionError
-
 from .common import (
     BACKEND_CHOICES,
     EXIT_OK,
@@ -66,13 +63,7 @@ def cmd_stats(env: Env, out: Output) -> int:
 
 
 def _describe_session(env: Env, user_id: str, backend: str) -> dict[str, Any]:
-    if not env.exists(user_id, backend):
-        raise SessionError(f"no {backend} session for user {user_id!r} of bot {env.bot_id!r}")
-    session = env.open(user_id, backend)
-    try:
-        snap = migrate.read_session(session)
-    finally:
-        session.close()
+    snap = env.read(user_id, backend)
     info = run_async(lambda m: m.for_user(user_id).info(), env, backend)
     common = snap.update_states.get(0)
     return {

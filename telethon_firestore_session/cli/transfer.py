@@ -7,7 +7,6 @@ import argparse
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from telethon_firestore_session import migrate
@@ -97,23 +96,15 @@ def cmd_import(env: Env, out: Output) -> int:
         fail_usage("--no-legacy-backup only goes with --legacy")
     if a.legacy:
         user_ids = a.user if a.user else None
-        legacy_destination = env.firestore_destination()
-
-        def run_legacy(
-            progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
-        ) -> migrate.BulkReport:
-            return migrate.import_legacy_documents(
-                env.firestore_client(),
-                env.bot_id,
-                user_ids=user_ids,
-                overwrite=a.overwrite,
-                keep_backup=not a.no_legacy_backup,
-                progress=progress,
-                report=report,
-                destination=legacy_destination,
-                stop=stop,
-            )
-
+        run_legacy = functools.partial(
+            migrate.import_legacy_documents,
+            destination=env.firestore_destination(),
+            client=env.firestore_client(),
+            bot_id=env.bot_id,
+            user_ids=user_ids,
+            overwrite=a.overwrite,
+            keep_backup=not a.no_legacy_backup,
+        )
         return bulk(env, out, "import", run_legacy, total=len(user_ids) if user_ids else None)
     if a.user is not None and len(a.user) > 1:
         fail_usage("--user can be given once, except with --legacy")
@@ -122,20 +113,10 @@ def cmd_import(env: Env, out: Output) -> int:
         if user is None:
             fail_usage("--string needs --user USER_ID: a string session does not say whose it is")
         text = _read_secret_string(a)
-
-        def run_string(
-            progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
-        ) -> migrate.BulkReport:
-            return migrate.import_snapshots(
-                [("string", user, functools.partial(migrate.read_string_session, text))],
-                env.destination(),
-                total=1,
-                overwrite=a.overwrite,
-                progress=progress,
-                report=report,
-                stop=stop,
-            )
-
+        source = ("string", user, functools.partial(migrate.read_string_session, text))
+        run_string = functools.partial(
+            migrate.import_snapshots, [source], env.destination(), total=1, overwrite=a.overwrite
+        )
         return bulk(env, out, "import", run_string, total=1)
     paths = [Path(p) for p in a.paths]
     for p in paths:
@@ -146,15 +127,9 @@ def cmd_import(env: Env, out: Output) -> int:
         fail_usage("no .session files found in " + ", ".join(str(p) for p in paths))
     if user is not None and len(files) != 1:
         fail_usage("--user can only be used with a single .session file")
-    destination = env.destination()
-
-    def run_files(
-        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
-    ) -> migrate.BulkReport:
-        return migrate.import_session_files(
-            files, destination, user_id=user, overwrite=a.overwrite, progress=progress, report=report, stop=stop
-        )
-
+    run_files = functools.partial(
+        migrate.import_session_files, files, env.destination(), user_id=user, overwrite=a.overwrite
+    )
     return bulk(env, out, "import", run_files, total=len(files))
 
 
@@ -186,13 +161,7 @@ def cmd_export(env: Env, out: Output) -> int:
             "pipe it to another program, or add --yes-print-secret"
         )
     backend = backend_name(a.from_backend) or env.backend
-    if not env.exists(a.user, backend):
-        raise SessionError(f"no {backend} session for user {a.user!r} of bot {env.bot_id!r}")
-    session = env.open(a.user, backend)
-    try:
-        snap = migrate.read_session(session)
-    finally:
-        session.close()
+    snap = env.read(a.user, backend)
     if not snap.auth_key:
         raise SessionError(f"user {a.user!r} has no auth key (not logged in); there is nothing to export")
     if fmt == "session":
@@ -231,48 +200,19 @@ def cmd_export(env: Env, out: Output) -> int:
     return EXIT_OK
 
 
-def _user_sources(
-    env: Env, user_ids: Sequence[str], backend: str, *, check: bool
-) -> Iterator[tuple[str, str | None, Callable[[], migrate.SessionSnapshot]]]:
-    """Sources that read each user's session from ``backend``.
-
-    With ``check`` (ids named on the command line) a missing session is reported as
-    failed, instead of being opened, which would create an empty local file.
-    """
-
-    def reader(uid: str) -> migrate.SessionSnapshot:
-        if check and not env.exists(uid, backend):
-            raise SessionError(f"no {backend} session for user {uid!r} of bot {env.bot_id!r}")
-        session = env.open(uid, backend)
-        try:
-            return migrate.read_session(session)
-        finally:
-            session.close()
-
-    for uid in user_ids:
-        yield f"{backend}:{uid}", uid, functools.partial(reader, uid)
-
-
 def _copy_all(env: Env, out: Output, verb: str, source: str, target: str) -> int:
-    """``backup``/``restore``: every session of the bot (or ``--user``) from ``source`` to ``target``."""
+    """``backup``/``restore``: every session of the bot (or ``--user``) from ``source`` to ``target``.
+
+    A user named with ``--user`` who has no session in ``source`` is reported as failed, instead
+    of being opened, which would create an empty local file.
+    """
     a = env.args
     user_ids = a.user or env.user_ids(source)
-    destination = env.destination(target)
-    sources = _user_sources(env, user_ids, source, check=bool(a.user))
-
-    def run(
-        progress: migrate.ProgressCallback, report: migrate.BulkReport, stop: Callable[[], bool]
-    ) -> migrate.BulkReport:
-        return migrate.import_snapshots(
-            sources,
-            destination,
-            total=len(user_ids),
-            overwrite=a.overwrite,
-            progress=progress,
-            report=report,
-            stop=stop,
-        )
-
+    check = bool(a.user)
+    sources = ((f"{source}:{uid}", uid, functools.partial(env.read, uid, source, check=check)) for uid in user_ids)
+    run = functools.partial(
+        migrate.import_snapshots, sources, env.destination(target), total=len(user_ids), overwrite=a.overwrite
+    )
     return bulk(env, out, verb, run, total=len(user_ids))
 
 
