@@ -136,10 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(env, out))
     except UsageError as exc:
         return out.error(command, "error", exc, EXIT_USAGE)
-    except (ConfigError, InvalidSessionIdError) as exc:
-        return out.error(command, "configuration", exc, EXIT_USAGE)
-    except SessionDecryptionError as exc:
-        # A wrong or missing SESSION_ENCRYPTION_KEY (nothing was written).
+    except (ConfigError, InvalidSessionIdError, SessionDecryptionError) as exc:
+        # SessionDecryptionError: a wrong or missing SESSION_ENCRYPTION_KEY (nothing was written).
         return out.error(command, "configuration", exc, EXIT_USAGE)
     except (SessionError, OSError) as exc:
         return out.error(command, "error", exc, EXIT_PARTIAL)
