@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from .store import (
     ENTITIES,
     MAX_WRITES_PER_COMMIT,
@@ -25,5 +27,17 @@ __all__ = [
     "make_client",
     "parse_session_document",
     "rotate_firestore_sessions",
+    "security_rules",
     "session_document",
 ]
+
+
+def security_rules() -> str:
+    """The Firestore security rules that deny client SDKs any access to the stored sessions.
+
+    The text of ``firestore.rules`` (shipped in this package, and at the repository root): it
+    denies web and mobile clients (and REST with an end user's token, or none) every path this
+    library stores, and nothing else; its comments say how to merge it into your own rules. The
+    server library, with service-account credentials, bypasses security rules.
+    """
+    return resources.files(__name__).joinpath("firestore.rules").read_text(encoding="utf-8")
