@@ -769,14 +769,14 @@ CHILD_HAMMER = """
 import itertools, sys, threading
 from pathlib import Path
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
-from telethon_firestore_session.sqlite.store import _update_metadata
+from telethon_firestore_session.sqlite.files import record_session
 sdir, users = sys.argv[1], sys.argv[2].split(",")
 bot_dir = Path(sdir).resolve() / "bot1"
 
 def metadata_only():
     for i in itertools.count():
         uid = users[i % len(users)]
-        _update_metadata(bot_dir, uid, bot_dir / f"user_{uid}.session")
+        record_session(bot_dir, uid, bot_dir / f"user_{uid}.session")
 
 for i in itertools.count():
     s = ScopedSQLiteSession(users[i % len(users)], bot_id="bot1", sessions_dir=sdir)
@@ -859,7 +859,7 @@ def test_metadata_writers_in_several_processes_lose_no_entry(sdir: Path) -> None
 
 
 def test_rollback_keeps_the_original_error_when_no_transaction_is_open(tmp_path: Path) -> None:
-    from telethon_firestore_session.sqlite.store import _rollback
+    from telethon_firestore_session.sqlite.schema import rollback as _rollback
 
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     conn.execute("create table t (x)")
