@@ -258,7 +258,7 @@ class SQLiteDirectory(SessionDirectory):
                 # Takes the file lock first: a session open elsewhere raises SessionInUseError.
                 SQLiteStore(self.key(user_id), self.sessions_dir).delete()
             if self.bot_dir.exists():
-                existed = files.remove_user(self.bot_dir, [user_id]) or existed
+                existed = files.remove_user(self.bot_dir, user_id) or existed
         return existed
 
     def ping(self, timeout: float) -> None:

@@ -34,7 +34,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -268,7 +268,7 @@ class FileLock:
                     raise SessionInUseError(
                         where, "another process (it holds the file lock; close the session there first)"
                     ) from None
-                except BaseException:
+                except BaseException:  # any failure, interrupts too: never leak the descriptor
                     os.close(fd)
                     raise
                 # delete() elsewhere may have unlinked the file between our open and lock.
@@ -283,7 +283,7 @@ class FileLock:
                     return cls(fd, held_key)
                 os.close(fd)
             raise SessionStoreError(f"{where}: the file keeps being replaced while opening it")
-        except BaseException:
+        except BaseException:  # any failure, interrupts too: the path is not held
             with _held_lock:
                 _held.discard(held_key)
             raise
@@ -329,14 +329,10 @@ def _session_entry(uid: str, entry: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class _Unreadable(Exception):
-    """metadata.json exists but is not a JSON object."""
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` if the file does not exist.
 
-
-def _read_file(path: Path) -> dict[str, dict[str, Any]] | None:
-    """The entries of metadata.json; ``None`` if it does not exist.
-
-    :raises _Unreadable: if it cannot be read as a JSON object (the cause is chained).
+    :raises SessionCorruptError: if it cannot be read as a JSON object (it is left as it is).
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -344,9 +340,34 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise _Unreadable(type(exc).__name__) from exc
+        raise SessionCorruptError(f"{path}: cannot read it ({type(exc).__name__}); not modified") from exc
     if not isinstance(data, dict):
-        raise _Unreadable("not a JSON object")
+        raise SessionCorruptError(f"{path}: not a JSON object; not modified")
+    return data
+
+
+def load_metadata(directory: Path, *, strict: bool = False, keep_aside: bool = False) -> dict[str, dict[str, Any]]:
+    """metadata.json's entries; rebuilt from the session files if it is missing.
+
+    :param strict: an unreadable file raises :class:`SessionCorruptError` (the manager's
+        records are in it); otherwise it is rebuilt from the session files with a warning.
+    :param keep_aside: move an unreadable file to ``metadata.json.{ns}.unreadable`` (before it is rewritten).
+    """
+    path = directory / METADATA_FILE
+    try:
+        data = _read_json(path)
+    except SessionCorruptError as exc:
+        if strict:
+            raise
+        if keep_aside:
+            aside = directory / f"{METADATA_FILE}.{time.time_ns()}.unreadable"
+            os.replace(path, aside)
+            log.warning("%s; kept as %s and rebuilding it from the session files", exc, aside.name)
+        else:
+            log.warning("%s; rebuilding it from the session files", exc)
+        return _rebuild(directory)
+    if data is None:
+        return _rebuild(directory)
     entries: dict[str, dict[str, Any]] = {}
     for uid, entry in data.items():
         if isinstance(entry, dict) and entry.get("user_id") == uid:
@@ -354,23 +375,6 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]] | None:
         else:
             log.warning("%s: ignoring a malformed entry", path)
     return entries
-
-
-def load_metadata(directory: Path, *, strict: bool = False) -> dict[str, dict[str, Any]]:
-    """metadata.json of ``directory``; rebuilt from the session files if it is missing.
-
-    :param strict: an unreadable file raises :class:`SessionCorruptError` (the manager's
-        records are in it); otherwise it is rebuilt from the session files with a warning.
-    """
-    path = directory / METADATA_FILE
-    try:
-        entries = _read_file(path)
-    except _Unreadable as exc:
-        if strict:
-            raise SessionCorruptError(f"{path}: cannot read it ({exc}); not modified") from exc
-        log.warning("%s is unreadable (%s); rebuilding it from the session files", path, exc)
-        return _rebuild(directory)
-    return _rebuild(directory) if entries is None else entries
 
 
 def read_metadata(sessions_dir: str | os.PathLike[str], bot_id: str) -> dict[str, dict[str, Any]]:
@@ -446,26 +450,11 @@ def _write_file(directory: Path, entries: Mapping[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, directory / METADATA_FILE)
-    except BaseException:
+    except BaseException:  # any failure, interrupts too: no temp file left behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(directory)
-
-
-def _load_for_writing(directory: Path, strict: bool) -> dict[str, dict[str, Any]]:
-    """The entries to change; an unreadable file is kept aside (never overwritten) unless ``strict``."""
-    path = directory / METADATA_FILE
-    try:
-        entries = _read_file(path)
-    except _Unreadable as exc:
-        if strict:
-            raise SessionCorruptError(f"{path}: cannot read it ({exc}); not modified") from exc
-        aside = directory / f"{METADATA_FILE}.{time.time_ns()}.unreadable"
-        os.replace(path, aside)
-        log.warning("%s was unreadable (%s); kept as %s and rebuilt from the session files", path, exc, aside.name)
-        return _rebuild(directory)
-    return _rebuild(directory) if entries is None else entries
 
 
 def _latest_iso(a: object, b: object) -> object:
@@ -484,15 +473,9 @@ def _fold(entries: dict[str, dict[str, Any]], uid: str, path: Path) -> bool:
 
     :raises SessionCorruptError: if the old file cannot be read (it is left as it is).
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
+    data = _read_json(path)
+    if data is None:
         return False
-    except (OSError, ValueError) as exc:
-        raise SessionCorruptError(f"{path}: cannot read it ({type(exc).__name__}); not modified") from exc
-    if not isinstance(data, dict):
-        raise SessionCorruptError(f"{path}: not a JSON object; not modified")
     entry = entries.get(uid) or {}
     active = _latest_iso(entry.get("last_active_at"), data.get("last_active_at"))
     folded = {k: v for k, v in data.items() if k not in SESSION_FIELDS}
@@ -518,18 +501,17 @@ def update_metadata(
     :raises SessionCorruptError: if an old per-user file cannot be read (nothing is written).
     """
     with _metadata_lock(directory):
-        entries = _load_for_writing(directory, strict)
-        before = copy.deepcopy(entries)
+        entries = load_metadata(directory, strict=strict, keep_aside=True)
         folded = [legacy_path(directory, uid) for uid in changes if _fold(entries, uid, legacy_path(directory, uid))]
+        changed = bool(folded) or not (directory / METADATA_FILE).exists()
         after: dict[str, dict[str, Any] | None] = {}
         for uid, change in changes.items():
-            new = change(copy.deepcopy(entries.get(uid)))
-            if new is None:
-                entries.pop(uid, None)
-            else:
+            old = entries.pop(uid, None)
+            new = after[uid] = change(copy.deepcopy(old))
+            if new is not None:
                 entries[uid] = new
-            after[uid] = new
-        if entries != before or not (directory / METADATA_FILE).exists():
+            changed = changed or new != old
+        if changed:
             _write_file(directory, entries)
         for path in folded:
             with contextlib.suppress(FileNotFoundError):
@@ -552,8 +534,8 @@ def record_session(directory: Path, user_id: str, path: Path) -> None:
         now = now_iso()
         entry = entry or {}
         created = entry.get("created_at")
-        entry.update(user_id=user_id, created_at=created if isinstance(created, str) else now, size=size)
-        entry["last_active_at"] = now
+        created = created if isinstance(created, str) else now
+        entry.update(user_id=user_id, created_at=created, last_active_at=now, size=size)
         return entry
 
     update_metadata(directory, {user_id: change})
@@ -574,15 +556,16 @@ def forget_session(directory: Path, user_id: str) -> None:
     update_metadata(directory, {user_id: _without_session})
 
 
-def remove_user(directory: Path, user_ids: Iterable[str]) -> bool:
-    """Remove users' entries and old per-user files, without reading the latter; whether any existed."""
-    existed = False
+def remove_user(directory: Path, user_id: str) -> bool:
+    """Remove the user's entry and old per-user file (without reading it); whether the user was registered."""
     with _metadata_lock(directory):
-        entries = _load_for_writing(directory, strict=True)
-        for uid in user_ids:
-            existed = registered(entries.pop(uid, None)) or existed
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(legacy_path(directory, uid))
-                existed = True
-        _write_file(directory, entries)
-    return existed
+        try:
+            os.unlink(legacy_path(directory, user_id))  # first: a crash must not leave it to come back
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        entries = load_metadata(directory, strict=True)
+        entry = entries.pop(user_id, None)
+        if entry is not None:
+            _write_file(directory, entries)
+    return registered(entry) or existed

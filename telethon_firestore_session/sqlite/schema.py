@@ -171,7 +171,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
         conn.execute("commit")
-    except BaseException:
+    except BaseException:  # any failure, interrupts too: nothing half-written is committed
         rollback(conn)
         raise
 

@@ -161,7 +161,7 @@ def _open(
                 _check_read_only(path, where, sealer)
         with wrap_store_errors("open", where, catch=sqlite3.Error):
             conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    except BaseException:
+    except BaseException:  # any failure, interrupts too: the lock is not kept
         lock.release()
         raise
     handle = _Handle(conn, lock)
@@ -171,7 +171,7 @@ def _open(
             opened = _read_header(conn, sealer) if tables else _NO_HEADER
             seals = sealer.seals_fields
             schema.prepare(conn, version, where, sealed_table=seals, wipe=sealer.cipher is not None)
-    except BaseException:
+    except BaseException:  # any failure, interrupts too: a file that failed to open is released
         handle.close()
         raise
     return handle, opened, seals or schema.SEALED_ENTITIES in tables
@@ -269,8 +269,8 @@ class SQLiteStore(Store):
                 self._purge_due = rewrite
                 header = opened.header or SessionHeader(0, None, None, None, None)
                 return StoredSession(header=header, update_states=states, needs_rewrite=rewrite)
-        except BaseException:
-            self.close()  # a session that failed to open must not keep the lock
+        except BaseException:  # any failure, interrupts too: a session that failed to open must not keep the lock
+            self.close()
             raise
 
     def find_entity_by_ids(self, ids: Sequence[int]) -> EntityRow | None:
