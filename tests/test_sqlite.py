@@ -930,16 +930,8 @@ def test_a_written_file_opens_in_plain_telethon(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.session"]
     t = SQLiteSession(str(path))
     try:
-        assert (t.dc_id, t.server_address, t.port, t.takeout_id) == (2, "149.154.167.51", 443, 99)
-        assert t.auth_key.key == KEY
-        assert t.get_input_entity("alice") == types.InputPeerUser(10, 70)
-        assert t.get_input_entity("+15551234567") == types.InputPeerUser(10, 70)
-        assert t.get_input_entity("Alice Liddell") == types.InputPeerUser(10, 70)
-        assert t.get_input_entity(11) == types.InputPeerUser(11, 77)
-        assert t.get_input_entity(-555) == types.InputPeerChat(555)
-        assert t.get_input_entity("somechannel") == types.InputPeerChannel(777, 88)
-        got = {sid: (st.pts, st.qts, st.date, st.seq) for sid, st in t.get_update_states()}
-        assert got == {0: (100, 101, DATE, 102), 777: (5, 6, DATE, 7)}
+        check_populated(t, files=False)  # DC, auth key, takeout id, entities, update states
+        assert len(list(t.get_update_states())) == 2
         # Telethon finds the sent file, then fails to build it (its get_file predates file_reference).
         with pytest.raises(TypeError, match="file_reference"):
             t.get_file(MD5, 1234, types.InputDocument)
@@ -998,34 +990,31 @@ def test_reading_a_file_of_any_version_never_modifies_it(tmp_path: Path, version
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.session"]
 
 
-def test_reading_refuses_what_it_cannot_read_faithfully(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ("update version set version = 9", SchemaVersionError, "schema_version 9"),
+        ("update sessions set auth_key = zeroblob(292)", SessionCorruptError, "292 bytes, not 256; it may be sealed"),
+        (
+            "create table tfs_sealed_entities (id integer primary key, username blob, phone blob, name blob)",
+            SessionCorruptError,
+            "sealed by telethon-firestore-session",
+        ),
+        ("drop table sessions", SessionCorruptError, "no sessions table"),
+    ],
+)
+def test_reading_refuses_what_it_cannot_read_faithfully(
+    tmp_path: Path, change: str, error: type[Exception], match: str
+) -> None:
     path = tmp_path / "x.session"
     build_old_file(path, 8)
     with raw_connect(path) as c:
-        c.execute("update version set version = 9")
+        c.execute(change)
         c.commit()
-    with pytest.raises(SchemaVersionError, match="schema_version 9"):
+    before = path.read_bytes()
+    with pytest.raises(error, match=match):
         read_session_file(path)
-    path.unlink()
-    build_old_file(path, 8)
-    with raw_connect(path) as c:
-        c.execute("update sessions set auth_key = ?", (b"\x01" * 292,))  # a sealed key's length
-        c.commit()
-    with pytest.raises(SessionCorruptError, match="292 bytes, not 256; it may be sealed"):
-        read_session_file(path)
-    path.unlink()
-    build_old_file(path, 8)
-    with raw_connect(path) as c:
-        c.execute("create table tfs_sealed_entities (id integer primary key, username blob, phone blob, name blob)")
-        c.commit()
-    with pytest.raises(SessionCorruptError, match="sealed by telethon-firestore-session"):
-        read_session_file(path)
-    empty = tmp_path / "empty.session"
-    with raw_connect(empty) as c:  # a database with no tables at all
-        c.execute("create table t (x)")
-        c.execute("drop table t")
-    with pytest.raises(SessionCorruptError, match="no sessions table"):
-        read_session_file(empty)
+    assert path.read_bytes() == before
 
 
 def test_read_auth_key_reads_the_stored_bytes_of_a_file_in_use(opener: Opener, tmp_path: Path) -> None:
