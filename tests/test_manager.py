@@ -116,7 +116,9 @@ class Env:
             doc = self.client.collection("bots").document(self.bot_id).collection("user_sessions").document(user_id)
             return bool(doc.get().exists) or bool(list(doc.collections()))
         bot_dir = self.sessions_dir / self.bot_id
-        return (bot_dir / f"user_{user_id}.session").exists() or (bot_dir / f"user_{user_id}.meta.json").exists()
+        metadata = bot_dir / "metadata.json"
+        entries = json.loads(metadata.read_text()) if metadata.exists() else {}
+        return (bot_dir / f"user_{user_id}.session").exists() or user_id in entries
 
     def age(self, user_id: str, days: float) -> None:
         """Make the user's session look inactive for ``days`` days (written directly)."""
@@ -125,17 +127,10 @@ class Env:
             doc = self.client.collection("bots").document(self.bot_id).collection("user_sessions").document(user_id)
             doc.update({"last_active_at": old, "registered_at": old})
             return
-        bot_dir = self.sessions_dir / self.bot_id
-        meta_path = bot_dir / f"user_{user_id}.meta.json"
-        meta = json.loads(meta_path.read_text())
-        meta["last_active_at"] = meta["registered_at"] = old.isoformat()
-        meta_path.write_text(json.dumps(meta))
-        md_path = bot_dir / "metadata.json"
-        if md_path.exists():
-            entries = json.loads(md_path.read_text())
-            if user_id in entries:
-                entries[user_id]["last_active_at"] = old.isoformat(timespec="seconds")
-                md_path.write_text(json.dumps(entries))
+        md_path = self.sessions_dir / self.bot_id / "metadata.json"
+        entries = json.loads(md_path.read_text())
+        entries[user_id]["last_active_at"] = entries[user_id]["registered_at"] = old.isoformat()
+        md_path.write_text(json.dumps(entries))
 
 
 @pytest.fixture
@@ -550,7 +545,7 @@ async def test_credentials_and_pending_logins_are_sealed_with_a_cipher(env: Env)
         assert isinstance(raw["pending_login"]["phone"], bytes)
         assert isinstance(raw["auth_key"], bytes) and len(raw["auth_key"]) != 256  # sealed too
     else:
-        blob = (env.sessions_dir / env.bot_id / "user_u1.meta.json").read_bytes()
+        blob = (env.sessions_dir / env.bot_id / "metadata.json").read_bytes()
     assert api_hash.encode() not in blob and b"15550100" not in blob and code_hash.encode() not in blob
     await m.aclose()
     # Another instance with the key finishes the login; the client used the user's own api_id.
@@ -572,7 +567,7 @@ async def test_a_corrupt_record_is_a_typed_error(env: Env) -> None:
         doc = env.client.collection("bots").document(env.bot_id).collection("user_sessions").document("u1")
         doc.update({"pending_login": {"phone": "1", "phone_code_hash": "x"}})  # no expiry
     else:
-        (env.sessions_dir / env.bot_id / "user_u1.meta.json").write_text("{not json")
+        (env.sessions_dir / env.bot_id / "metadata.json").write_text("{not json")
     with pytest.raises(SessionCorruptError):
         await m.complete_login("u1", "12345")
     with pytest.raises(SessionStoreError):
@@ -677,15 +672,16 @@ async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram, monkeypat
         assert "not logged in" in await handle(manager, 3, "/me")
         assert (await handle(manager, 3, "/stats")).startswith("Commands:")  # not an admin
         await handle(manager, 4, "/start")
-        (sessions / "mybot_local" / "user_4.meta.json").write_text(
-            json.dumps({"user_id": "4", "registered_at": "2020-01-01T00:00:00+00:00", "logged_in": False})
-        )
+        metadata = sessions / "mybot_local" / "metadata.json"
+        entries = json.loads(metadata.read_text())  # user 4 was last seen in 2020
+        entries["4"].update(registered_at="2020-01-01T00:00:00+00:00", last_active_at="2020-01-01T00:00:00+00:00")
+        metadata.write_text(json.dumps(entries))
         assert await handle(manager, 9, "/stats") == "3 users, 2 logged in, 2 open"
         assert await handle(manager, 9, "/cleanup") == "Removed 1 sessions unused for 30 days."
         assert (await handle(manager, 9, "/health")).startswith("healthy: ")
         assert await handle(manager, 1, "/logout") == "Logged out."
         assert await handle(manager, 9, "/stats") == "1 users, 1 logged in, 1 open"
-    assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.meta.json", "user_2.session"]
+    assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.session"]
 
 
 def test_the_manager_is_built_from_the_environment(
