@@ -347,6 +347,30 @@ async def test_a_client_logged_out_behind_the_managers_back_is_forgotten(env: En
     assert m.active_clients == 0
 
 
+@pytest.mark.firestore
+def test_wait_written_waits_for_the_writer_and_hands_nothing_over(
+    firestore_client: Any, bot_id: str, emulator: Any
+) -> None:
+    """What closing a client relies on: ``save()``, then ``SessionCore.wait_written`` off the event loop."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    session = FirestoreSession("u1", bot_id=bot_id, client=firestore_client, rpc_timeout=1.0)
+    entities = firestore_client.collection(f"bots/{bot_id}/user_sessions/u1/entities")
+    peer = types.contacts.ResolvedPeer(types.PeerUser(7), [], [types.User(7, access_hash=49, username="seven")])
+    session.process_entities(peer)
+    assert session.wait_written(5) is True  # nothing was handed over: nothing to wait for
+    assert list(entities.stream()) == []  # and it did not save
+    emulator.pause()
+    try:
+        session.save()  # hands the entity to the writer, which cannot reach Firestore now
+        assert session.wait_written(0.5) is False
+    finally:
+        emulator.resume()
+    assert session.wait_written(30) is True
+    assert [d.id for d in entities.stream()] == ["7"]
+    session.close()
+
+
 # -- admin ---------------------------------------------------------------------------------------
 
 
