@@ -322,7 +322,7 @@ async def test_idle_clients_are_flushed_and_disconnected(env: Env) -> None:
     client = await login(m, env.fake, "u1")
     carol = await client.get_entity("carol")
     # Out of the cache first, then flushed and disconnected under the user's lock: wait for all of it.
-    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._lock("u1").locked())
+    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._cache.busy("u1"))
     assert m.evictions["idle"] == 1
     stored = env.stored_entity("u1", carol.id)
     assert stored is not None and stored.access_hash == carol.access_hash
@@ -731,6 +731,25 @@ def test_the_manager_is_built_from_the_environment(
             client = await login(manager, fake, "u1")
             assert client.api_id == 4321
         assert (tmp_path / "from-env" / "envbot" / "user_u1.session").exists()
+
+    asyncio.run(run())
+
+
+def test_options_override_the_configuration(tmp_path: Path, fake: FakeTelegram) -> None:
+    from telethon_firestore_session.config import SessionConfig
+    from telethon_firestore_session.manager import create_user_session_manager_from_config
+
+    config = SessionConfig(bot_id="cfgbot", sessions_dir=tmp_path / "configured", api_id=4321, api_hash="f" * 32)
+
+    async def run() -> None:
+        manager = create_user_session_manager_from_config(
+            config, sessions_dir=tmp_path / "given", api_id=99, api_hash="e" * 32, client_factory=fake.client
+        )
+        async with manager:
+            client = await login(manager, fake, "u1")
+            assert client.api_id == 99
+        assert (tmp_path / "given" / "cfgbot" / "user_u1.session").exists()
+        assert not (tmp_path / "configured").exists()
 
     asyncio.run(run())
 
