@@ -317,7 +317,7 @@ async def test_idle_clients_are_flushed_and_disconnected(env: Env) -> None:
     client = await login(m, env.fake, "u1")
     carol = await client.get_entity("carol")
     # Out of the cache first, then flushed and disconnected under the user's lock: wait for all of it.
-    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._lock("u1").locked())
+    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._cache.busy("u1"))
     assert m.evictions["idle"] == 1
     stored = env.stored_entity("u1", carol.id)
     assert stored is not None and stored.access_hash == carol.access_hash
@@ -340,6 +340,30 @@ async def test_a_client_logged_out_behind_the_managers_back_is_forgotten(env: En
     assert await client.log_out()
     assert await m.get_user_client("u1") is None
     assert m.active_clients == 0
+
+
+@pytest.mark.firestore
+def test_wait_written_waits_for_the_writer_and_hands_nothing_over(
+    firestore_client: Any, bot_id: str, emulator: Any
+) -> None:
+    """What closing a client relies on: ``save()``, then ``SessionCore.wait_written`` off the event loop."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    session = FirestoreSession("u1", bot_id=bot_id, client=firestore_client, rpc_timeout=1.0)
+    entities = firestore_client.collection(f"bots/{bot_id}/user_sessions/u1/entities")
+    peer = types.contacts.ResolvedPeer(types.PeerUser(7), [], [types.User(7, access_hash=49, username="seven")])
+    session.process_entities(peer)
+    assert session.wait_written(5) is True  # nothing was handed over: nothing to wait for
+    assert list(entities.stream()) == []  # and it did not save
+    emulator.pause()
+    try:
+        session.save()  # hands the entity to the writer, which cannot reach Firestore now
+        assert session.wait_written(0.5) is False
+    finally:
+        emulator.resume()
+    assert session.wait_written(30) is True
+    assert [d.id for d in entities.stream()] == ["7"]
+    session.close()
 
 
 # -- admin ---------------------------------------------------------------------------------------
@@ -703,6 +727,25 @@ def test_the_manager_is_built_from_the_environment(
             client = await login(manager, fake, "u1")
             assert client.api_id == 4321
         assert (tmp_path / "from-env" / "envbot" / "user_u1.session").exists()
+
+    asyncio.run(run())
+
+
+def test_options_override_the_configuration(tmp_path: Path, fake: FakeTelegram) -> None:
+    from telethon_firestore_session.config import SessionConfig
+    from telethon_firestore_session.manager import create_user_session_manager_from_config
+
+    config = SessionConfig(bot_id="cfgbot", sessions_dir=tmp_path / "configured", api_id=4321, api_hash="f" * 32)
+
+    async def run() -> None:
+        manager = create_user_session_manager_from_config(
+            config, sessions_dir=tmp_path / "given", api_id=99, api_hash="e" * 32, client_factory=fake.client
+        )
+        async with manager:
+            client = await login(manager, fake, "u1")
+            assert client.api_id == 99
+        assert (tmp_path / "given" / "cfgbot" / "user_u1.session").exists()
+        assert not (tmp_path / "configured").exists()
 
     asyncio.run(run())
 
