@@ -22,7 +22,11 @@ from telethon_firestore_session import (
     SessionCorruptError,
     SessionStoreError,
 )
-from telethon_firestore_session.firestore import MAX_WRITES_PER_COMMIT, SCHEMA_VERSION
+from telethon_firestore_session.crypto import SessionCipher
+from telethon_firestore_session.firestore import MAX_WRITES_PER_COMMIT, SCHEMA_VERSION, FirestoreStore
+from telethon_firestore_session.firestore.directory import FirestoreDirectory
+from telethon_firestore_session.firestore.layout import RPC_RETRY, iter_sessions
+from telethon_firestore_session.ids import SessionKey
 from tests.emulator import Emulator
 from tests.leaks import assert_absent
 
@@ -59,6 +63,26 @@ def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
 
 def open_session(client: Any, bot_id: str, uid: object = "42", **kw: Any) -> FirestoreSession:
     return FirestoreSession(uid, bot_id=bot_id, client=client, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def commit_sizes(firestore_client: Any) -> list[int]:
+    """The number of writes in each Commit RPC of ``firestore_client``, in order.
+
+    The emulator accepts commits of any size, so the 500-writes limit is checked here,
+    where every batch commit and document write becomes one Commit RPC: the client's
+    GAPIC layer (no public hook sees a commit's writes). The real method is called.
+    """
+    api = firestore_client._firestore_api
+    real = api.commit
+    sizes: list[int] = []
+
+    def commit(*, request: dict[str, Any], **kw: Any) -> Any:
+        sizes.append(len(request["writes"]))
+        return real(request=request, **kw)
+
+    api.commit = commit
+    return sizes
 
 
 def test_layout_and_write_through(firestore_client: Any, bot_id: str) -> None:
@@ -127,29 +151,79 @@ def test_unchanged_entities_are_not_written_again(firestore_client: Any, bot_id:
     s = open_session(firestore_client, bot_id)
     s.process_entities(users(20))
     assert s.flush(10)
-    store = s._store
-    assert store is not None
-    before = store.writes  # type: ignore[attr-defined]
+    store = s.store
+    before = store.writes
     s.process_entities(users(20))
     assert s.flush(10)
-    assert store.writes == before  # type: ignore[attr-defined]
+    assert store.writes == before
     # One changed user: one entity document (plus the session document's last_active_at).
     s.process_entities([user(1005, username="renamed", first_name="N")])
     assert s.flush(10)
-    assert store.writes == before + 2  # type: ignore[attr-defined]
+    assert store.writes == before + 2
 
 
 def test_commits_never_exceed_500_writes(firestore_client: Any, bot_id: str) -> None:
     s = open_session(firestore_client, bot_id)
     n = 1201
     s.process_entities(users(n))
-    store = s._store
+    store = s.store
     assert s.flush(30)
-    assert store.writes == n + 1  # type: ignore[attr-defined]  # entities + the session document
-    assert store.commits == 3  # type: ignore[attr-defined]  # 500 + 500 + 202
+    assert store.writes == n + 1  # entities + the session document
+    assert store.commits == 3  # 500 + 500 + 202
     assert MAX_WRITES_PER_COMMIT == 500
     count = firestore_client.collection(f"bots/{bot_id}/user_sessions/42/entities").count().get()[0][0].value
     assert count == n
+
+
+def test_every_commit_holds_at_most_500_writes(
+    firestore_client: Any, bot_id: str, commit_sizes: list[int], new: SessionCipher
+) -> None:
+    n = 1201
+    s = open_session(firestore_client, bot_id, cipher=new)
+    s.auth_key = AuthKey(KEY)
+    s.process_entities(users(n))
+    s.save()
+    assert s.flush(30)
+    assert max(commit_sizes) == MAX_WRITES_PER_COMMIT
+
+    # Re-sealing: conditional updates of every entity document (turning encrypt_pii on).
+    mark = len(commit_sizes)
+    assert FirestoreStore(SessionKey(bot_id, "42"), firestore_client, cipher=new, encrypt_pii=True).reseal() == n
+    assert commit_sizes[mark:] == [500, 500, 201]
+
+    # The manager's cleanup: the children of several sessions go in shared commits, then the documents.
+    for uid in ("43", "44"):
+        other = open_session(firestore_client, bot_id, uid=uid)
+        other.process_entities(users(300))
+        other.close()
+    directory = FirestoreDirectory(firestore_client, bot_id)
+    cutoff = datetime.datetime.now(UTC) + datetime.timedelta(minutes=1)
+    stale = [u for u in directory.find_inactive(cutoff) if u.user_id != "42"]
+    mark = len(commit_sizes)
+    assert directory.delete_inactive(stale) == ["43", "44"]
+    assert commit_sizes[mark:] == [2, 500, 100, 2]  # marks, children of both, documents
+
+    # Deleting a session: its entities, then the document.
+    mark = len(commit_sizes)
+    assert s.delete() is True
+    assert commit_sizes[mark:] == [500, 500, 201, 1]
+    assert list(firestore_client.collection_group("entities").limit(1).stream()) == []
+
+
+def test_one_listing_of_a_bots_users(firestore_client: Any, bot_id: str, caplog: pytest.LogCaptureFixture) -> None:
+    sessions = firestore_client.collection("bots").document(bot_id).collection("user_sessions")
+    for uid in ("5", "1", "3", "2", "4", "sp ace"):
+        sessions.document(uid).set({"schema_version": SCHEMA_VERSION, "logged_in": uid == "3"})
+    call = RPC_RETRY.call(10.0)
+    # Two per page: the pages follow each other, the document that is not a user id is skipped (and logged).
+    listed = [
+        (uid, snap.to_dict())
+        for uid, snap in iter_sessions(firestore_client, bot_id, ["logged_in"], call=call, page_size=2)
+    ]
+    assert listed == [(uid, {"logged_in": uid == "3"}) for uid in ("1", "2", "3", "4", "5")]
+    assert "'sp ace'" in caplog.text
+    assert [uid for uid, _ in iter_sessions(firestore_client, bot_id, call=call)] == ["1", "2", "3", "4", "5"]
+    assert list(iter_sessions(firestore_client, "other-bot", call=call)) == []
 
 
 def test_lazy_lookup_and_cached_misses(firestore_client: Any, bot_id: str) -> None:
@@ -176,10 +250,10 @@ def test_lazy_lookup_and_cached_misses(firestore_client: Any, bot_id: str) -> No
         fresh.get_input_entity("nobody")
     misses = set(fresh._misses)
     # The miss is cached: the store is not asked again.
-    store = fresh._store
+    store = fresh.store
     calls: list[str] = []
-    original = store.find_entity  # type: ignore[union-attr]
-    store.find_entity = lambda *a: calls.append("q") or original(*a)  # type: ignore[union-attr, method-assign, func-returns-value]
+    original = store.find_entity
+    store.find_entity = lambda *a: calls.append("q") or original(*a)  # type: ignore[method-assign, func-returns-value]
     with pytest.raises(ValueError, match="Could not find"):
         fresh.get_input_entity("nobody")
     assert calls == []
