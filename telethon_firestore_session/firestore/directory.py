@@ -241,12 +241,12 @@ class FirestoreDirectory(SessionDirectory):
 
         conflicts = (FailedPrecondition, NotFound)
         done: dict[str, Any] = {}
-        for chunk, results in commit_in_chunks(self.client, writes, self._call, conflicts=conflicts):
+        for chunk, results in commit_in_chunks(self.client, writes, self._call, tolerate=conflicts):
             if results is not None:
                 done.update((w.ref.id, r.update_time) for w, r in zip(chunk, results, strict=True))
                 continue
             for write in chunk:
-                for _, single in commit_in_chunks(self.client, [write], self._call, conflicts=conflicts):
+                for _, single in commit_in_chunks(self.client, [write], self._call, tolerate=conflicts):
                     if single is not None:  # else: used (or deleted) since it was found
                         done[write.ref.id] = single[0].update_time
         return done

@@ -170,14 +170,15 @@ def commit_in_chunks(
     call: CallOptions,
     *,
     limit: int = MAX_WRITES_PER_COMMIT,
-    conflicts: tuple[type[BaseException], ...] = (),
+    tolerate: tuple[type[BaseException], ...] = (),
 ) -> Iterator[tuple[list[Write], list[WriteResult] | None]]:
     """Commit ``writes`` in order, at most ``limit`` (<= 500) per commit; yield each chunk with its results.
 
     A generator: a chunk is committed when it is reached, so memory holds one chunk
-    of a lazy ``writes``. A commit that fails with one of ``conflicts`` (a failed
-    precondition) wrote nothing of its chunk: the chunk is yielded with ``None`` and
-    the next chunk follows. Any other error propagates.
+    of a lazy ``writes``. A commit that fails with one of ``tolerate`` is yielded
+    with ``None`` instead of results and the next chunk follows; any other error
+    propagates. A commit is all or nothing: after a failed precondition
+    (``FailedPrecondition``, ``NotFound``) nothing of the chunk was written.
     """
     if not 1 <= limit <= MAX_WRITES_PER_COMMIT:
         raise ValueError(f"a commit holds 1 to {MAX_WRITES_PER_COMMIT} writes, not {limit}")
@@ -194,7 +195,7 @@ def commit_in_chunks(
                 batch.set(w.ref, w.fields, merge=w.merge)
         try:
             results = batch.commit(**call)
-        except conflicts:
+        except tolerate:
             yield chunk, None
             continue
         yield chunk, list(results)

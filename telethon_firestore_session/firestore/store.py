@@ -255,7 +255,7 @@ class FirestoreStore(Store):
         writes = [w for snap in stream if (w := self._reseal_write(snap)) is not None]
         conflicts = (FailedPrecondition,)
         written = 0
-        for chunk, results in commit_in_chunks(self.client, writes, self._call, conflicts=conflicts):
+        for chunk, results in commit_in_chunks(self.client, writes, self._call, tolerate=conflicts):
             attempts = 1
             while results is None:  # one of them was written meanwhile: read the chunk again
                 if attempts == _RESEAL_ATTEMPTS:
@@ -263,6 +263,6 @@ class FirestoreStore(Store):
                 attempts += 1
                 snaps = self.client.get_all([w.ref for w in chunk], **self._call)
                 chunk = [w for snap in snaps if snap.exists and (w := self._reseal_write(snap)) is not None]
-                _, results = next(commit_in_chunks(self.client, chunk, self._call, conflicts=conflicts), (chunk, []))
+                _, results = next(commit_in_chunks(self.client, chunk, self._call, tolerate=conflicts), (chunk, []))
             written += len(chunk)
         return written
