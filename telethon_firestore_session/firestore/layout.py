@@ -40,25 +40,6 @@ if TYPE_CHECKING:
     from google.cloud.firestore_v1.base_document import DocumentSnapshot
     from google.cloud.firestore_v1.types.write import WriteResult
 
-__all__ = [
-    "BULK_RETRY",
-    "ENTITIES",
-    "LEASE_RETRY",
-    "LOOKUP_RETRY",
-    "MAX_WRITES_PER_COMMIT",
-    "RPC_RETRY",
-    "SCHEMA_VERSION",
-    "SENT_FILES",
-    "RetryPolicy",
-    "Write",
-    "commit_in_chunks",
-    "delete_subcollections",
-    "iter_sessions",
-    "parse_session_document",
-    "session_document",
-    "sessions_collection",
-]
-
 log = logging.getLogger(__name__)
 
 #: Version of the document layout written by this library.
@@ -265,6 +246,12 @@ def delete_subcollections(
     memory holds the references of 64 sessions.
 
     Every call is bounded by ``call``; errors propagate (what was committed stays deleted).
+
+    Not ``Client.recursive_delete()``: its listing and ``BatchWrite`` calls take no
+    timeout (the library's defaults are 60 to 300 s, so a hung backend blocks that
+    long), its default ``BulkWriter`` loses a failed ``BatchWrite`` and still reports
+    the documents as deleted, it sends 20 deletes per call at most 500 per second, and
+    it cannot delete a document only if unchanged, as the manager's cleanup must.
     """
 
     def deletes(refs: Iterable[firestore.DocumentReference]) -> int:
