@@ -268,11 +268,11 @@ class FirestoreDirectory(SessionDirectory):
         """
         with wrap_store_errors("clean up", self.where):
             mark = {"cleanup_started_at": utcnow()}
-            marked = self._commit_each([Write(self._doc(u.user_id), mark, unchanged_since=u.version) for u in users])
+            marked = self._commit_each([Write(self._doc(u.user_id), "update", mark, u.version) for u in users])
             order = [u.user_id for u in users if u.user_id in marked]
             docs = [self._doc(uid) for uid in order]
             delete_subcollections(self.client, docs, self._call, workers=_LIST_WORKERS)
-            deleted = self._commit_each([Write(doc, None, unchanged_since=marked[doc.id]) for doc in docs])
+            deleted = self._commit_each([Write(doc, "delete", unchanged_since=marked[doc.id]) for doc in docs])
         return [uid for uid in order if uid in deleted]
 
     def delete_user(self, user_id: str) -> bool:

@@ -21,7 +21,7 @@ import datetime
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from telethon.tl import types
 
@@ -133,16 +133,20 @@ def kept_changing(what: str, where: str) -> SessionStoreError:
 class Write(NamedTuple):
     """One document write for :func:`commit_in_chunks`.
 
-    ``fields=None`` deletes the document. With ``unchanged_since`` (a document's
-    update time) the write is an update (or a delete) that fails unless the
-    document is unchanged since then. Otherwise it is a ``set`` that replaces the
-    document, or merges into it with ``merge=True``.
+    ``kind`` is ``"set"`` (replace the document with ``fields``), ``"merge"`` (merge
+    ``fields`` into it), ``"update"`` (change ``fields`` of an existing document) or
+    ``"delete"``. With ``unchanged_since`` (a document's update time) an update or a
+    delete fails unless the document is unchanged since then.
     """
 
     ref: firestore.DocumentReference
-    fields: dict[str, Any] | None
-    merge: bool = False
+    kind: Literal["set", "merge", "update", "delete"]
+    fields: dict[str, Any] | None = None
     unchanged_since: Any = None
+
+    @property
+    def merge(self) -> bool:
+        return self.kind == "merge"
 
 
 def commit_in_chunks(
@@ -168,12 +172,12 @@ def commit_in_chunks(
         batch = client.batch()
         for w in chunk:
             option = client.write_option(last_update_time=w.unchanged_since) if w.unchanged_since is not None else None
-            if w.fields is None:
+            if w.kind == "delete":
                 batch.delete(w.ref, option=option)
-            elif option is not None:
-                batch.update(w.ref, w.fields, option=option)
+            elif w.kind == "update":
+                batch.update(w.ref, w.fields or {}, option=option)
             else:
-                batch.set(w.ref, w.fields, merge=w.merge)
+                batch.set(w.ref, w.fields or {}, merge=w.merge)
         try:
             results = batch.commit(**call)
         except tolerate:
@@ -255,7 +259,7 @@ def delete_subcollections(
     """
 
     def deletes(refs: Iterable[firestore.DocumentReference]) -> int:
-        return sum(len(chunk) for chunk, _ in commit_in_chunks(client, (Write(r, None) for r in refs), call))
+        return sum(len(chunk) for chunk, _ in commit_in_chunks(client, (Write(r, "delete") for r in refs), call))
 
     if workers <= 1:
         return deletes(ref for doc in docs for ref in _children(doc, call))

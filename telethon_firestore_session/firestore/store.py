@@ -167,13 +167,13 @@ class FirestoreStore(Store):
         session = self._header_fields(header) if header is not None else touch_fields(created=not self._exists)
         if changes.states:
             session["update_states"] = states_field(changes.states)
-        yield Write(self.doc, session, merge=True)
+        yield Write(self.doc, "merge", session)
         entities = self.doc.collection(ENTITIES)
         for row in changes.entities.values():
-            yield Write(entities.document(str(row.id)), entity_fields(row, self.sealer))
+            yield Write(entities.document(str(row.id)), "set", entity_fields(row, self.sealer))
         files = self.doc.collection(SENT_FILES)
         for key, value in changes.files.items():
-            yield Write(files.document(file_doc_id(key)), file_fields(key, value))
+            yield Write(files.document(file_doc_id(key)), "set", file_fields(key, value))
 
     def _operations(self, changes: Changes) -> Iterator[tuple[Any, dict[str, Any]]]:
         # migrate.py still calls this name; new code uses change_writes().
@@ -246,7 +246,7 @@ class FirestoreStore(Store):
         for f, value in zip(PII_FIELDS, (row.username, row.phone, row.name), strict=True):
             if value is not None and (isinstance(data.get(f), bytes) or self.encrypt_pii):
                 fields[f"{f}_bi"], fields[f] = self.sealer.seal_entity_field(row.id, f, value)
-        return Write(snap.reference, fields, unchanged_since=snap.update_time)
+        return Write(snap.reference, "update", fields, snap.update_time)
 
     def _reseal_entities(self) -> int:
         from google.api_core.exceptions import FailedPrecondition
