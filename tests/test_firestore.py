@@ -22,6 +22,7 @@ from telethon_firestore_session import (
     SessionCorruptError,
     SessionStoreError,
 )
+from telethon_firestore_session.core import Changes, EntityRow, SessionHeader
 from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.firestore import MAX_WRITES_PER_COMMIT, SCHEMA_VERSION, FirestoreStore
 from telethon_firestore_session.firestore.directory import FirestoreDirectory
@@ -200,6 +201,37 @@ def test_commits_never_exceed_500_writes(
     assert s.delete() is True
     assert commit_sizes[mark:] == [500, 500, 201, 1]
     assert list(firestore_client.collection_group("entities").limit(1).stream()) == []
+
+
+def test_change_writes_are_sealed_ordered_and_not_written(
+    firestore_client: Any, bot_id: str, old: SessionCipher
+) -> None:
+    store = FirestoreStore(SessionKey(bot_id, "42"), firestore_client, cipher=old, encrypt_pii=True)
+    state = types.updates.State(7, 0, datetime.datetime(2025, 1, 2, tzinfo=UTC), 3, 0)
+    changes = Changes(
+        entities={501: EntityRow(501, 5511, "alicew", "15550001111", "Alice W", 1700000000)},
+        states={0: state},
+        files={(b"\x01" * 16, 10, 0): (55, 66)},
+    )
+    header = SessionHeader(2, "149.154.167.51", 443, KEY, None)
+    writes = list(store.change_writes(changes, header))
+    # The session document first, merged, with the header sealed like save() seals it; then replaced documents.
+    assert [(w.ref.path, w.kind) for w in writes] == [
+        (f"bots/{bot_id}/user_sessions/42", "merge"),
+        (f"bots/{bot_id}/user_sessions/42/entities/501", "set"),
+        (f"bots/{bot_id}/user_sessions/42/sent_files/{'01' * 16}-10-0", "set"),
+    ]
+    session, entity, sent = (w.fields for w in writes)
+    assert session is not None and entity is not None and sent is not None
+    assert session["dc_id"] == 2 and session["update_states"] == {
+        "0": {"pts": 7, "qts": 0, "date": 1735776000, "seq": 3}
+    }
+    assert session["auth_key"] != KEY and store.sealer.open_auth_key(session["auth_key"])[0] == KEY
+    assert entity["hash"] == 5511 and isinstance(entity["username"], bytes) and entity["username_bi"]
+    assert sent == {"md5": b"\x01" * 16, "size": 10, "type": 0, "id": 55, "hash": 66}
+    assert_absent(repr(writes), auth_key=KEY)
+    assert not [pii for pii in ("alicew", "15550001111", "Alice W") if pii in repr(writes)]
+    assert not firestore_client.document(f"bots/{bot_id}/user_sessions/42").get().exists  # nothing was written
 
 
 def test_one_listing_of_a_bots_users(firestore_client: Any, bot_id: str, caplog: pytest.LogCaptureFixture) -> None:
