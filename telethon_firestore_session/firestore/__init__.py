@@ -1,21 +1,24 @@
-"""Sessions stored in Google Cloud Firestore under ``bots/{bot_id}/user_sessions/{user_id}``."""
+"""Sessions stored in Google Cloud Firestore under ``bots/{bot_id}/user_sessions/{user_id}``.
+
+:mod:`.layout` spells the paths and the document formats, :mod:`.store` loads and
+persists one session, :mod:`.session` is the Telethon session, :mod:`.lease` keeps
+one instance per session and :mod:`.directory` lists a bot's users for the manager.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
 
-from .store import (
+from .layout import (
     ENTITIES,
     MAX_WRITES_PER_COMMIT,
     SCHEMA_VERSION,
     SENT_FILES,
-    FirestoreSession,
-    FirestoreStore,
-    make_client,
     parse_session_document,
-    rotate_firestore_sessions,
     session_document,
 )
+from .session import FirestoreSession, make_client, rotate_firestore_sessions
+from .store import FirestoreStore
 
 __all__ = [
     "ENTITIES",
