@@ -32,9 +32,9 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from .crypto import SessionCipher
 from .errors import ConfigError, InvalidSessionIdError
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
     from .firestore import FirestoreSession
+    from .manager.directory import SessionDirectory
     from .sqlite import ScopedSQLiteSession
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "get_deployment_info",
     "is_render",
     "log_deployment_info",
+    "open_directory",
     "rotate_sessions",
 ]
 
@@ -145,6 +147,93 @@ def mask_secret(value: str | None) -> str | None:
     if match:
         return f"{match.group(1)}:{MASK}"
     return MASK
+
+
+class _Backend(NamedTuple):
+    """One backend's entry points, bound to where its sessions live (see :func:`_backend`)."""
+
+    #: ``session(user_id, bot_id=..., **options)``: one user's Telethon session.
+    session: Callable[..., FirestoreSession | ScopedSQLiteSession]
+    #: ``directory(bot_id, cipher=, encrypt_pii=, rpc_timeout=, owns_client=)``: the manager's directory.
+    directory: Callable[..., SessionDirectory]
+    #: ``rotate(bot_id, cipher, user_id=, encrypt_pii=)``: re-seal with the current key.
+    rotate: Callable[..., int]
+
+
+def _backend(name: str, sessions_dir: str | os.PathLike[str], client: Callable[[], firestore.Client]) -> _Backend:
+    """The one place that maps a backend name to its implementation.
+
+    ``sessions_dir`` is where SQLite files live; ``client()`` returns the Firestore
+    client and is only called for Firestore. A ``client=``/``sessions_dir=`` option
+    given to ``session`` wins over these.
+
+    :raises ConfigError: ``name`` is neither ``"sqlite"`` nor ``"firestore"``.
+    """
+    if name == BACKEND_FIRESTORE:
+        from .firestore import FirestoreSession, rotate_firestore_sessions
+        from .firestore.directory import FirestoreDirectory
+
+        def session(user_id: str | int, **options: Any) -> FirestoreSession:
+            options["client"] = options.get("client") or client()
+            return FirestoreSession(user_id, **options)
+
+        return _Backend(
+            session=session,
+            directory=lambda bot_id, **o: FirestoreDirectory(client(), bot_id, **o),
+            rotate=lambda bot_id, cipher, **o: rotate_firestore_sessions(client(), bot_id, cipher, **o),
+        )
+    if name == BACKEND_SQLITE:
+        from .sqlite import ScopedSQLiteSession, rotate_sqlite_sessions
+        from .sqlite.directory import SQLiteDirectory
+
+        return _Backend(
+            session=lambda user_id, **o: ScopedSQLiteSession(user_id, **{"sessions_dir": sessions_dir, **o}),
+            # rpc_timeout and owns_client concern a Firestore client; files have neither.
+            directory=lambda bot_id, rpc_timeout, owns_client, **o: SQLiteDirectory(sessions_dir, bot_id, **o),
+            rotate=lambda bot_id, cipher, **o: rotate_sqlite_sessions(sessions_dir, bot_id, cipher, **o),
+        )
+    raise ConfigError("backend", f"must be 'sqlite' or 'firestore', not {name!r}")
+
+
+def open_directory(
+    backend: str,
+    bot_id: str,
+    *,
+    sessions_dir: str | os.PathLike[str] = "sessions",
+    firestore_client: firestore.Client | Callable[[], firestore.Client] | None = None,
+    project: str | None = None,
+    cipher: SessionCipher | None = None,
+    encrypt_pii: bool = False,
+    rpc_timeout: float = 10.0,
+    owns_client: bool | None = None,
+) -> SessionDirectory:
+    """The :class:`~telethon_firestore_session.manager.directory.SessionDirectory` of one bot's sessions.
+
+    What :class:`~telethon_firestore_session.manager.UserSessionManager` builds from
+    its ``backend=`` argument; :meth:`SessionConfig.directory` is the same for a
+    configuration. ``backend`` is ``"sqlite"`` (files under ``{sessions_dir}/{bot_id}/``)
+    or ``"firestore"``: ``firestore_client`` (a client, or a function that returns one,
+    called only for Firestore), else a client built from ``project``. The directory's
+    ``close()`` closes the client if ``owns_client`` (default: if it built the client).
+
+    :raises ConfigError: for an unknown ``backend``, or ``encrypt_pii`` without ``cipher``.
+    :raises InvalidSessionIdError: for a ``bot_id`` that could escape its place.
+    """
+
+    def client() -> firestore.Client:
+        if firestore_client is None:
+            from .firestore import make_client
+
+            return make_client(project)
+        return firestore_client() if callable(firestore_client) else firestore_client
+
+    return _backend(backend, sessions_dir, client).directory(
+        bot_id,
+        cipher=cipher,
+        encrypt_pii=encrypt_pii,
+        rpc_timeout=rpc_timeout,
+        owns_client=firestore_client is None if owns_client is None else owns_client,
+    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -345,9 +434,14 @@ class SessionConfig:
         elif self.credentials_info is not None:
             credentials = _service_account_credentials(self.credentials_info)
         client = make_client(project, credentials)
-        if self.emulator_host is not None and getattr(client, "_emulator_host", None) != self.emulator_host:
-            # The client reads FIRESTORE_EMULATOR_HOST from os.environ only; this
-            # configuration may come from another mapping. Point it at our emulator.
+        if self.emulator_host is not None and os.environ.get("FIRESTORE_EMULATOR_HOST") != self.emulator_host:
+            # This configuration names an emulator that os.environ does not (it came from
+            # another mapping). No public API of google-cloud-firestore takes one: Client()
+            # reads FIRESTORE_EMULATOR_HOST from os.environ only, and client_options'
+            # api_endpoint opens a TLS channel that the plaintext emulator refuses. Changing
+            # os.environ would redirect every client the process builds meanwhile and race
+            # getenv() in gRPC's threads. So this one client's attribute is set, before its
+            # first RPC builds the channel.
             client._emulator_host = self.emulator_host
         return client
 
@@ -362,15 +456,33 @@ class SessionConfig:
     def create_session(self, user_id: str | int, **options: Any) -> FirestoreSession | ScopedSQLiteSession:
         """The session of ``user_id`` in this configuration's backend; see :func:`create_session`."""
         kwargs = {**self.session_options(), **options}
-        if self.backend == BACKEND_FIRESTORE:
-            from .firestore import FirestoreSession
+        return self._backend().session(user_id, bot_id=self.bot_id, **kwargs)
 
-            kwargs.setdefault("client", self.firestore_client())
-            return FirestoreSession(user_id, bot_id=self.bot_id, **kwargs)
-        from .sqlite import ScopedSQLiteSession
+    def directory(
+        self, *, firestore_client: firestore.Client | None = None, rpc_timeout: float = 10.0, owns_client: bool = False
+    ) -> SessionDirectory:
+        """The directory of this configuration's sessions: users, per-user records, cleanup.
 
-        kwargs.setdefault("sessions_dir", self.sessions_dir)
-        return ScopedSQLiteSession(user_id, bot_id=self.bot_id, **kwargs)
+        The blocking interface that :class:`~telethon_firestore_session.manager.UserSessionManager`
+        is built on (:class:`~telethon_firestore_session.manager.directory.SessionDirectory`:
+        ``list_users()``, ``get_user()``, ``open_session()``, ``delete_user()``...), in
+        whichever backend this configuration chooses; see :func:`open_directory`. Firestore
+        uses ``firestore_client``, else :meth:`firestore_client`; with ``owns_client`` the
+        directory's ``close()`` closes that client.
+        """
+        return open_directory(
+            self.backend,
+            self.bot_id,
+            sessions_dir=self.sessions_dir,
+            firestore_client=firestore_client or self.firestore_client,
+            cipher=self.cipher,
+            encrypt_pii=self.encrypt_pii,
+            rpc_timeout=rpc_timeout,
+            owns_client=owns_client,
+        )
+
+    def _backend(self, firestore_client: firestore.Client | None = None) -> _Backend:
+        return _backend(self.backend, self.sessions_dir, lambda: firestore_client or self.firestore_client())
 
     def deployment_info(self) -> dict[str, Any]:
         """See :func:`get_deployment_info`."""
@@ -554,14 +666,4 @@ def rotate_sessions(config: SessionConfig | None = None, *, user_id: str | int |
     cfg = config or default_config()
     if cfg.cipher is None:
         raise ConfigError("SESSION_ENCRYPTION_KEY", "is not set: there is no key to re-seal with")
-    if cfg.backend == BACKEND_FIRESTORE:
-        from .firestore import rotate_firestore_sessions
-
-        return rotate_firestore_sessions(
-            cfg.firestore_client(), cfg.bot_id, cfg.cipher, user_id=user_id, encrypt_pii=cfg.encrypt_pii
-        )
-    from .sqlite import rotate_sqlite_sessions
-
-    return rotate_sqlite_sessions(
-        cfg.sessions_dir, cfg.bot_id, cfg.cipher, user_id=user_id, encrypt_pii=cfg.encrypt_pii
-    )
+    return cfg._backend().rotate(cfg.bot_id, cfg.cipher, user_id=user_id, encrypt_pii=cfg.encrypt_pii)

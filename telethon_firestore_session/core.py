@@ -777,6 +777,18 @@ class SessionCore(Session):  # type: ignore[misc]
         Returns ``False`` if the wait timed out (the writer keeps retrying).
         """
         self.save()
+        return self.wait_written(timeout)
+
+    def wait_written(self, timeout: float | None = None) -> bool:
+        """Wait until the background writer has stored the records this session handed to it.
+
+        Waits at most ``timeout`` seconds (default ``close_timeout``). It hands nothing
+        over itself: changes not yet given to the writer by :meth:`save` (or the flush
+        timer) stay pending; :meth:`flush` is ``save()`` and then this. It blocks the
+        calling thread, so async code runs it in a worker thread (``asyncio.to_thread``).
+        Returns ``False`` on timeout (the writer keeps retrying), and ``True`` at once for
+        a session without a store or a deleted one.
+        """
         if self._store is None or self._deleted:
             return True
         return self._bound_writer.flush(self._store, self._close_timeout if timeout is None else timeout)

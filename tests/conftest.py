@@ -31,6 +31,22 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def _require_jar() -> str:
+    """The emulator jar; without it, skip with the install hint (fail under ``CI=true``)."""
+    jar = find_jar()
+    if jar is None:
+        if _in_ci():
+            pytest.fail(f"CI=true and {INSTALL_HINT}")
+        pytest.skip(INSTALL_HINT)
+    return jar
+
+
+@pytest.fixture(scope="session")
+def emulator_jar() -> str:
+    """The emulator jar, for a test module that starts its own emulator (skips or fails like ``emulator``)."""
+    return _require_jar()
+
+
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
     host = os.environ.get("FIRESTORE_EMULATOR_HOST")
@@ -41,12 +57,7 @@ def emulator() -> Iterator[Emulator]:
         os.environ.setdefault("GOOGLE_CLOUD_PROJECT", PROJECT)
         yield emu
         return
-    jar = find_jar()
-    if jar is None:
-        if _in_ci():
-            pytest.fail(f"CI=true and {INSTALL_HINT}")
-        pytest.skip(INSTALL_HINT)
-    emu = Emulator.start(jar)
+    emu = Emulator.start(_require_jar())
     os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
     os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
     try:

@@ -78,7 +78,8 @@ class Emulator:
         return f"http://{self.host}"
 
     @classmethod
-    def start(cls, jar: str, timeout: float = 60.0) -> Emulator:
+    def start(cls, jar: str, timeout: float = 60.0, rules: str | None = None) -> Emulator:
+        """Start the jar; ``rules`` is a security rules file to enforce (none: every request allowed)."""
         java = shutil.which("java")
         if java is None:
             raise RuntimeError("java is not on PATH; the Firestore emulator needs a Java runtime (17+)")
@@ -96,6 +97,7 @@ class Emulator:
                 "start",
                 "--host=127.0.0.1",
                 f"--port={port}",
+                *([f"--rules={rules}"] if rules else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

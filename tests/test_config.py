@@ -25,7 +25,9 @@ from telethon_firestore_session.config import (
     get_deployment_info,
     is_render,
     log_deployment_info,
+    open_directory,
 )
+from telethon_firestore_session.manager import UserSessionManager
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
 from tests.common import clean_env
 from tests.leaks import assert_absent
@@ -204,6 +206,14 @@ def test_hand_built_config_is_validated_too() -> None:
     assert SessionConfig(bot_id="b", sessions_dir="x").sessions_dir == Path("x")  # type: ignore[arg-type]
 
 
+def test_an_unknown_backend_is_a_config_error_wherever_it_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backend"):
+        open_directory("s3", "b", sessions_dir=tmp_path)
+    with pytest.raises(ConfigError, match="backend"):
+        UserSessionManager("b", backend="s3", sessions_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
 # -- secrets are masked ------------------------------------------------------------------------------
 
 
@@ -329,6 +339,39 @@ def test_create_session_firestore_sealed_and_shared_client(firestore_client: Any
     stored = firestore_client.document(f"bots/{bot_id}/user_sessions/1").get().to_dict()
     assert stored["dc_id"] == 4 and isinstance(stored["auth_key"], bytes)
     assert_absent(stored["auth_key"], auth_key=AUTH)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("firestore", marks=pytest.mark.firestore)])
+def test_the_directory_of_a_configuration_sees_its_sessions(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    values = env(SESSIONS_DIR=str(tmp_path), SESSION_ENCRYPTION_KEY=ENC_KEY, USE_LOCAL_STORAGE="true")
+    if backend == "firestore":
+        request.getfixturevalue("firestore_client")  # a freshly reset emulator
+        values.update(
+            BOT_ID=request.getfixturevalue("bot_id"),
+            USE_LOCAL_STORAGE="false",
+            FIRESTORE_EMULATOR_HOST=os.environ["FIRESTORE_EMULATOR_HOST"],
+            GOOGLE_CLOUD_PROJECT=os.environ["GOOGLE_CLOUD_PROJECT"],
+        )
+    config = SessionConfig.from_env(values)
+    session = config.create_session("7")
+    session.set_dc(2, "149.154.167.51", 443)
+    session.auth_key = AuthKey(AUTH)
+    session.save()
+    session.close()
+    directory = config.directory()
+    try:
+        assert (directory.backend, directory.bot_id, directory.cipher) == (backend, config.bot_id, config.cipher)
+        assert [r.user_id for r in directory.list_users()] == ["7"]
+        reopened = directory.open_session("7", flush_interval=5.0, close_timeout=5.0)
+        assert reopened.auth_key is not None and reopened.auth_key.key == AUTH  # opened with the config's key
+        reopened.close()
+    finally:
+        directory.close()
+    if backend == "firestore":  # the directory did not own the configuration's client: still usable
+        assert config.firestore_client().document(f"bots/{config.bot_id}/user_sessions/7").get().exists
+        config.firestore_client().close()
 
 
 @pytest.mark.firestore

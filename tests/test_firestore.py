@@ -21,7 +21,12 @@ from telethon_firestore_session import (
     SessionCorruptError,
     SessionStoreError,
 )
-from telethon_firestore_session.firestore import MAX_WRITES_PER_COMMIT, SCHEMA_VERSION
+from telethon_firestore_session.core import Changes, EntityRow, SessionHeader
+from telethon_firestore_session.crypto import SessionCipher
+from telethon_firestore_session.firestore import MAX_WRITES_PER_COMMIT, SCHEMA_VERSION, FirestoreStore
+from telethon_firestore_session.firestore.directory import FirestoreDirectory
+from telethon_firestore_session.firestore.layout import RPC_RETRY, iter_sessions
+from telethon_firestore_session.ids import SessionKey
 from tests.emulator import Emulator
 from tests.leaks import assert_absent
 
@@ -58,6 +63,26 @@ def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
 
 def open_session(client: Any, bot_id: str, uid: object = "42", **kw: Any) -> FirestoreSession:
     return FirestoreSession(uid, bot_id=bot_id, client=client, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def commit_sizes(firestore_client: Any) -> list[int]:
+    """The number of writes in each Commit RPC of ``firestore_client``, in order.
+
+    The emulator accepts commits of any size, so the 500-writes limit is checked here,
+    where every batch commit and document write becomes one Commit RPC: the client's
+    GAPIC layer (no public hook sees a commit's writes). The real method is called.
+    """
+    api = firestore_client._firestore_api
+    real = api.commit
+    sizes: list[int] = []
+
+    def commit(*, request: dict[str, Any], **kw: Any) -> Any:
+        sizes.append(len(request["writes"]))
+        return real(request=request, **kw)
+
+    api.commit = commit
+    return sizes
 
 
 def test_layout_and_write_through(firestore_client: Any, bot_id: str) -> None:
@@ -106,17 +131,91 @@ def test_entities_and_states_are_written_behind(firestore_client: Any, bot_id: s
     assert again.get_input_entity("u1002") == types.InputPeerUser(1002, 1002 * 7)
 
 
-def test_commits_never_exceed_500_writes(firestore_client: Any, bot_id: str) -> None:
-    s = open_session(firestore_client, bot_id)
-    n = 1201
-    s.process_entities(users(n))
-    store = s._store
-    assert s.flush(30)
-    assert store.writes == n + 1  # type: ignore[attr-defined]  # entities + the session document
-    assert store.commits == 3  # type: ignore[attr-defined]  # 500 + 500 + 202
+def test_commits_never_exceed_500_writes(
+    firestore_client: Any, bot_id: str, commit_sizes: list[int], new: SessionCipher
+) -> None:
     assert MAX_WRITES_PER_COMMIT == 500
+    n = 1201
+    s = open_session(firestore_client, bot_id, cipher=new)
+    s.auth_key = AuthKey(KEY)
+    s.process_entities(users(n))
+    s.save()
+    assert s.flush(30)
+    assert s.store.writes == n + 1  # entities + the session document
+    assert s.store.commits == 3  # 500 + 500 + 202
+    assert max(commit_sizes) == 500
     count = firestore_client.collection(f"bots/{bot_id}/user_sessions/42/entities").count().get()[0][0].value
     assert count == n
+
+    # Re-sealing: conditional updates of every entity document (turning encrypt_pii on).
+    mark = len(commit_sizes)
+    assert FirestoreStore(SessionKey(bot_id, "42"), firestore_client, cipher=new, encrypt_pii=True).reseal() == n
+    assert commit_sizes[mark:] == [500, 500, 201]
+
+    # The manager's cleanup: the children of several sessions go in shared commits, then the documents.
+    for uid in ("43", "44"):
+        other = open_session(firestore_client, bot_id, uid=uid)
+        other.process_entities(users(300))
+        other.close()
+    directory = FirestoreDirectory(firestore_client, bot_id)
+    cutoff = datetime.datetime.now(UTC) + datetime.timedelta(minutes=1)
+    stale = [u for u in directory.find_inactive(cutoff) if u.user_id != "42"]
+    mark = len(commit_sizes)
+    assert directory.delete_inactive(stale) == ["43", "44"]
+    assert commit_sizes[mark:] == [2, 500, 100, 2]  # marks, children of both, documents
+
+    # Deleting a session: its entities, then the document.
+    mark = len(commit_sizes)
+    assert s.delete() is True
+    assert commit_sizes[mark:] == [500, 500, 201, 1]
+    assert list(firestore_client.collection_group("entities").limit(1).stream()) == []
+
+
+def test_change_writes_are_sealed_ordered_and_not_written(
+    firestore_client: Any, bot_id: str, old: SessionCipher
+) -> None:
+    store = FirestoreStore(SessionKey(bot_id, "42"), firestore_client, cipher=old, encrypt_pii=True)
+    state = types.updates.State(7, 0, datetime.datetime(2025, 1, 2, tzinfo=UTC), 3, 0)
+    changes = Changes(
+        entities={501: EntityRow(501, 5511, "alicew", "15550001111", "Alice W", 1700000000)},
+        states={0: state},
+        files={(b"\x01" * 16, 10, 0): (55, 66)},
+    )
+    header = SessionHeader(2, "149.154.167.51", 443, KEY, None)
+    writes = list(store.change_writes(changes, header))
+    # The session document first, merged, with the header sealed like save() seals it; then replaced documents.
+    assert [(w.ref.path, w.kind) for w in writes] == [
+        (f"bots/{bot_id}/user_sessions/42", "merge"),
+        (f"bots/{bot_id}/user_sessions/42/entities/501", "set"),
+        (f"bots/{bot_id}/user_sessions/42/sent_files/{'01' * 16}-10-0", "set"),
+    ]
+    session, entity, sent = (w.fields for w in writes)
+    assert session is not None and entity is not None and sent is not None
+    assert session["dc_id"] == 2 and session["update_states"] == {
+        "0": {"pts": 7, "qts": 0, "date": 1735776000, "seq": 3}
+    }
+    assert session["auth_key"] != KEY and store.sealer.open_auth_key(session["auth_key"])[0] == KEY
+    assert entity["hash"] == 5511 and isinstance(entity["username"], bytes) and entity["username_bi"]
+    assert sent == {"md5": b"\x01" * 16, "size": 10, "type": 0, "id": 55, "hash": 66}
+    assert_absent(repr(writes), auth_key=KEY)
+    assert not [pii for pii in ("alicew", "15550001111", "Alice W") if pii in repr(writes)]
+    assert not firestore_client.document(f"bots/{bot_id}/user_sessions/42").get().exists  # nothing was written
+
+
+def test_one_listing_of_a_bots_users(firestore_client: Any, bot_id: str, caplog: pytest.LogCaptureFixture) -> None:
+    sessions = firestore_client.collection("bots").document(bot_id).collection("user_sessions")
+    for uid in ("5", "1", "3", "2", "4", "sp ace"):
+        sessions.document(uid).set({"schema_version": SCHEMA_VERSION, "logged_in": uid == "3"})
+    call = RPC_RETRY.call(10.0)
+    # Two per page: the pages follow each other, the document that is not a user id is skipped (and logged).
+    listed = [
+        (uid, snap.to_dict())
+        for uid, snap in iter_sessions(firestore_client, bot_id, ["logged_in"], call=call, page_size=2)
+    ]
+    assert listed == [(uid, {"logged_in": uid == "3"}) for uid in ("1", "2", "3", "4", "5")]
+    assert "'sp ace'" in caplog.text
+    assert [uid for uid, _ in iter_sessions(firestore_client, bot_id, call=call)] == ["1", "2", "3", "4", "5"]
+    assert list(iter_sessions(firestore_client, "other-bot", call=call)) == []
 
 
 def test_username_moves_to_new_owner(firestore_client: Any, bot_id: str) -> None:

@@ -116,7 +116,9 @@ class Env:
             doc = self.client.collection("bots").document(self.bot_id).collection("user_sessions").document(user_id)
             return bool(doc.get().exists) or bool(list(doc.collections()))
         bot_dir = self.sessions_dir / self.bot_id
-        return (bot_dir / f"user_{user_id}.session").exists() or (bot_dir / f"user_{user_id}.meta.json").exists()
+        metadata = bot_dir / "metadata.json"
+        entries = json.loads(metadata.read_text()) if metadata.exists() else {}
+        return (bot_dir / f"user_{user_id}.session").exists() or user_id in entries
 
     def age(self, user_id: str, days: float) -> None:
         """Make the user's session look inactive for ``days`` days (written directly)."""
@@ -125,17 +127,10 @@ class Env:
             doc = self.client.collection("bots").document(self.bot_id).collection("user_sessions").document(user_id)
             doc.update({"last_active_at": old, "registered_at": old})
             return
-        bot_dir = self.sessions_dir / self.bot_id
-        meta_path = bot_dir / f"user_{user_id}.meta.json"
-        meta = json.loads(meta_path.read_text())
-        meta["last_active_at"] = meta["registered_at"] = old.isoformat()
-        meta_path.write_text(json.dumps(meta))
-        md_path = bot_dir / "metadata.json"
-        if md_path.exists():
-            entries = json.loads(md_path.read_text())
-            if user_id in entries:
-                entries[user_id]["last_active_at"] = old.isoformat(timespec="seconds")
-                md_path.write_text(json.dumps(entries))
+        md_path = self.sessions_dir / self.bot_id / "metadata.json"
+        entries = json.loads(md_path.read_text())
+        entries[user_id]["last_active_at"] = entries[user_id]["registered_at"] = old.isoformat()
+        md_path.write_text(json.dumps(entries))
 
 
 @pytest.fixture
@@ -322,7 +317,7 @@ async def test_idle_clients_are_flushed_and_disconnected(env: Env) -> None:
     client = await login(m, env.fake, "u1")
     carol = await client.get_entity("carol")
     # Out of the cache first, then flushed and disconnected under the user's lock: wait for all of it.
-    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._lock("u1").locked())
+    await wait_for(lambda: m.active_clients == 0 and not client.is_connected() and not m._cache.busy("u1"))
     assert m.evictions["idle"] == 1
     stored = env.stored_entity("u1", carol.id)
     assert stored is not None and stored.access_hash == carol.access_hash
@@ -346,6 +341,30 @@ async def test_a_client_logged_out_behind_the_managers_back_is_forgotten(env: En
     assert await client.log_out()
     assert await m.get_user_client("u1") is None
     assert m.active_clients == 0
+
+
+@pytest.mark.firestore
+def test_wait_written_waits_for_the_writer_and_hands_nothing_over(
+    firestore_client: Any, bot_id: str, emulator: Any
+) -> None:
+    """What closing a client relies on: ``save()``, then ``SessionCore.wait_written`` off the event loop."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    session = FirestoreSession("u1", bot_id=bot_id, client=firestore_client, rpc_timeout=1.0)
+    entities = firestore_client.collection(f"bots/{bot_id}/user_sessions/u1/entities")
+    peer = types.contacts.ResolvedPeer(types.PeerUser(7), [], [types.User(7, access_hash=49, username="seven")])
+    session.process_entities(peer)
+    assert session.wait_written(5) is True  # nothing was handed over: nothing to wait for
+    assert list(entities.stream()) == []  # and it did not save
+    emulator.pause()
+    try:
+        session.save()  # hands the entity to the writer, which cannot reach Firestore now
+        assert session.wait_written(0.5) is False
+    finally:
+        emulator.resume()
+    assert session.wait_written(30) is True
+    assert [d.id for d in entities.stream()] == ["7"]
+    session.close()
 
 
 # -- admin ---------------------------------------------------------------------------------------
@@ -551,7 +570,7 @@ async def test_credentials_and_pending_logins_are_sealed_with_a_cipher(env: Env)
         assert isinstance(raw["pending_login"]["phone"], bytes)
         assert isinstance(raw["auth_key"], bytes) and len(raw["auth_key"]) != 256  # sealed too
     else:
-        blob = (env.sessions_dir / env.bot_id / "user_u1.meta.json").read_bytes()
+        blob = (env.sessions_dir / env.bot_id / "metadata.json").read_bytes()
     assert api_hash.encode() not in blob and b"15550100" not in blob and code_hash.encode() not in blob
     await m.aclose()
     # Another instance with the key finishes the login; the client used the user's own api_id.
@@ -573,7 +592,7 @@ async def test_a_corrupt_record_is_a_typed_error(env: Env) -> None:
         doc = env.client.collection("bots").document(env.bot_id).collection("user_sessions").document("u1")
         doc.update({"pending_login": {"phone": "1", "phone_code_hash": "x"}})  # no expiry
     else:
-        (env.sessions_dir / env.bot_id / "user_u1.meta.json").write_text("{not json")
+        (env.sessions_dir / env.bot_id / "metadata.json").write_text("{not json")
     with pytest.raises(SessionCorruptError):
         await m.complete_login("u1", "12345")
     with pytest.raises(SessionStoreError):
@@ -679,15 +698,16 @@ async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram, monkeypat
         assert "not logged in" in await handle(manager, 3, "/me")
         assert (await handle(manager, 3, "/stats")).startswith("Commands:")  # not an admin
         await handle(manager, 4, "/start")
-        (sessions / "mybot_local" / "user_4.meta.json").write_text(
-            json.dumps({"user_id": "4", "registered_at": "2020-01-01T00:00:00+00:00", "logged_in": False})
-        )
+        metadata = sessions / "mybot_local" / "metadata.json"
+        entries = json.loads(metadata.read_text())  # user 4 was last seen in 2020
+        entries["4"].update(registered_at="2020-01-01T00:00:00+00:00", last_active_at="2020-01-01T00:00:00+00:00")
+        metadata.write_text(json.dumps(entries))
         assert await handle(manager, 9, "/stats") == "3 users, 2 logged in, 2 open"
         assert await handle(manager, 9, "/cleanup") == "Removed 1 sessions unused for 30 days."
         assert (await handle(manager, 9, "/health")).startswith("healthy: ")
         assert await handle(manager, 1, "/logout") == "Logged out."
         assert await handle(manager, 9, "/stats") == "1 users, 1 logged in, 1 open"
-    assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.meta.json", "user_2.session"]
+    assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.session"]
 
 
 def test_the_manager_is_built_from_the_environment(
@@ -709,6 +729,25 @@ def test_the_manager_is_built_from_the_environment(
             client = await login(manager, fake, "u1")
             assert client.api_id == 4321
         assert (tmp_path / "from-env" / "envbot" / "user_u1.session").exists()
+
+    asyncio.run(run())
+
+
+def test_options_override_the_configuration(tmp_path: Path, fake: FakeTelegram) -> None:
+    from telethon_firestore_session.config import SessionConfig
+    from telethon_firestore_session.manager import create_user_session_manager_from_config
+
+    config = SessionConfig(bot_id="cfgbot", sessions_dir=tmp_path / "configured", api_id=4321, api_hash="f" * 32)
+
+    async def run() -> None:
+        manager = create_user_session_manager_from_config(
+            config, sessions_dir=tmp_path / "given", api_id=99, api_hash="e" * 32, client_factory=fake.client
+        )
+        async with manager:
+            client = await login(manager, fake, "u1")
+            assert client.api_id == 99
+        assert (tmp_path / "given" / "cfgbot" / "user_u1.session").exists()
+        assert not (tmp_path / "configured").exists()
 
     asyncio.run(run())
 

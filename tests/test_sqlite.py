@@ -32,18 +32,26 @@ from telethon.tl import types
 from telethon_firestore_session import (
     InvalidSessionIdError,
     SchemaVersionError,
+    SessionCipher,
     SessionCorruptError,
     SessionInUseError,
+    SessionStoreError,
 )
-from telethon_firestore_session.core import Changes, EntityRow
+from telethon_firestore_session.core import Changes, EntityRow, SessionSnapshot
+from telethon_firestore_session.manager.directory import ApiCredentials, PendingLogin
 from telethon_firestore_session.sqlite import (
     METADATA_FILE,
     SCHEMA_VERSION,
     ScopedSQLiteSession,
     list_sqlite_sessions,
+    read_auth_key,
     read_metadata,
+    read_session_file,
+    write_session_file,
 )
+from telethon_firestore_session.sqlite.directory import SQLiteDirectory
 from tests.common import BOT, Opener
+from tests.leaks import assert_absent
 
 KEY = bytes(range(256))
 KEY2 = bytes(reversed(range(256)))
@@ -761,24 +769,28 @@ def test_unreadable_metadata_is_rebuilt_from_files(
     assert [e["user_id"] for e in list_sqlite_sessions(sdir, BOT)] == ["41", "42"]
     assert any("rebuilding" in r.getMessage() for r in caplog.records)
     assert meta.read_bytes() == garbage  # reading never writes
+    with pytest.raises(SessionCorruptError, match="not modified"):  # the manager's records may be in it
+        SQLiteDirectory(sdir, BOT).list_users()
     s = opener("43")
     s.auth_key = AuthKey(KEY)
-    s.save()  # the next write repairs the file
+    s.save()  # the next write repairs the file, keeping the unreadable one aside
     assert set(json.loads(meta.read_text())) == {"41", "42", "43"}
+    [aside] = (sdir / BOT).glob(f"{METADATA_FILE}.*.unreadable")
+    assert aside.read_bytes() == garbage
 
 
 CHILD_HAMMER = """
 import itertools, sys, threading
 from pathlib import Path
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
-from telethon_firestore_session.sqlite.store import _update_metadata
+from telethon_firestore_session.sqlite.files import record_session
 sdir, users = sys.argv[1], sys.argv[2].split(",")
 bot_dir = Path(sdir).resolve() / "bot1"
 
 def metadata_only():
     for i in itertools.count():
         uid = users[i % len(users)]
-        _update_metadata(bot_dir, uid, bot_dir / f"user_{uid}.session")
+        record_session(bot_dir, uid, bot_dir / f"user_{uid}.session")
 
 for i in itertools.count():
     s = ScopedSQLiteSession(users[i % len(users)], bot_id="bot1", sessions_dir=sdir)
@@ -863,7 +875,7 @@ def test_metadata_writers_in_several_processes_lose_no_entry(sdir: Path) -> None
 
 
 def test_rollback_keeps_the_original_error_when_no_transaction_is_open(tmp_path: Path) -> None:
-    from telethon_firestore_session.sqlite.store import _rollback
+    from telethon_firestore_session.sqlite.schema import rollback as _rollback
 
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     conn.execute("create table t (x)")
@@ -887,3 +899,295 @@ def test_rollback_keeps_the_original_error_when_no_transaction_is_open(tmp_path:
         commit_then_interrupted()
     assert conn.execute("select count(*) from t").fetchone() == (1,)
     conn.close()
+
+
+# -- the one reader and writer of Telethon files ------------------------------------------------
+
+
+def snapshot() -> SessionSnapshot:
+    return SessionSnapshot(
+        dc_id=2,
+        server_address="149.154.167.51",
+        port=443,
+        auth_key=KEY,
+        takeout_id=99,
+        update_states={0: state(100), 777: state(5)},
+        entities=[
+            EntityRow(10, 70, "alice", "15551234567", "Alice Liddell", 1000),
+            EntityRow(11, 77, None, None, "Bob", 0),  # no date: written as now
+            EntityRow(-555, 0, None, None, "A chat", 1000),
+            EntityRow(-1000000000777, 88, "somechannel", None, "A channel", 1000),
+        ],
+        files={(MD5, 1234, 0): (31, 32), (MD5, 1234, 1): (41, 42)},
+    )
+
+
+def test_a_written_file_opens_in_plain_telethon(tmp_path: Path) -> None:
+    path = tmp_path / "out.session"
+    snap = snapshot()
+    old = os.umask(0)
+    try:
+        assert write_session_file(snap, path) == path
+    finally:
+        os.umask(old)
+    assert mode(path) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.session"]
+    t = SQLiteSession(str(path))
+    try:
+        check_populated(t, files=False)  # DC, auth key, takeout id, entities, update states
+        assert len(list(t.get_update_states())) == 2
+        # Telethon finds the sent file, then fails to build it (its get_file predates file_reference).
+        with pytest.raises(TypeError, match="file_reference"):
+            t.get_file(MD5, 1234, types.InputDocument)
+        assert t.get_file(MD5, 999, types.InputDocument) is None
+        t.set_update_state(0, state(200))  # and writes to it as to its own
+        t.save()
+    finally:
+        t.close()
+    assert rows(path, "select md5_digest, file_size, type, id, hash from sent_files order by type") == [
+        (MD5, 1234, 0, 31, 32),
+        (MD5, 1234, 1, 41, 42),
+    ]
+    assert rows(path, "pragma journal_mode") == [("delete",)]  # Telethon's own, one self-contained file
+    fresh = tmp_path / "fresh.session"
+    SQLiteSession(str(fresh)).close()
+    assert schema(path) == schema(fresh)
+    back = read_session_file(path)
+    assert back.header == snap.header and back.files == snap.files
+    assert sorted(r for r in back.entities if r.id != 11) == sorted(r for r in snap.entities if r.id != 11)
+    assert 0 < next(r.date for r in back.entities if r.id == 11) <= time.time()
+    assert back.update_states[0].pts == 200
+
+
+def test_writing_a_file_never_clobbers_one_unless_asked(tmp_path: Path, sdir: Path, opener: Opener) -> None:
+    path = tmp_path / "out.session"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        write_session_file(snapshot(), path)
+    assert path.read_bytes() == b"precious"
+    write_session_file(snapshot(), path, replace=True)
+    assert read_session_file(path).auth_key == KEY
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.session"]
+    with pytest.raises(SessionStoreError, match="cannot write"):
+        write_session_file(snapshot(), tmp_path / "missing" / "out.session")
+    # Our sessions open it too (and upgrade nothing: it is schema 8 already).
+    target = sdir / BOT / "user_42.session"
+    target.parent.mkdir(parents=True)
+    write_session_file(snapshot(), target)
+    check_populated(opener(), files=True)
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_reading_a_file_of_any_version_never_modifies_it(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.session"
+    build_old_file(path, version)
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    snap = read_session_file(path)
+    assert (snap.dc_id, snap.server_address, snap.port, snap.auth_key) == (2, "149.154.167.51", 443, KEY)
+    assert snap.takeout_id == (99 if version >= 5 else None)
+    assert snap.entities == (
+        [EntityRow(10, 70, "alice", "15551234567", "Alice", 1000 if version >= 7 else 0)] if version >= 6 else []
+    )
+    assert snap.files == ({(MD5, 1234, 0): (31, 32)} if version >= 3 else {})
+    assert {k: v.pts for k, v in snap.update_states.items()} == ({0: 100} if version >= 4 else {})
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.session"]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ("update version set version = 9", SchemaVersionError, "schema_version 9"),
+        ("update sessions set auth_key = zeroblob(292)", SessionCorruptError, "292 bytes, not 256; it may be sealed"),
+        (
+            "create table tfs_sealed_entities (id integer primary key, username blob, phone blob, name blob)",
+            SessionCorruptError,
+            "sealed by telethon-firestore-session",
+        ),
+        ("drop table sessions", SessionCorruptError, "no sessions table"),
+    ],
+)
+def test_reading_refuses_what_it_cannot_read_faithfully(
+    tmp_path: Path, change: str, error: type[Exception], match: str
+) -> None:
+    path = tmp_path / "x.session"
+    build_old_file(path, 8)
+    with raw_connect(path) as c:
+        c.execute(change)
+        c.commit()
+    before = path.read_bytes()
+    with pytest.raises(error, match=match):
+        read_session_file(path)
+    assert path.read_bytes() == before
+
+
+def test_read_auth_key_reads_the_stored_bytes_of_a_file_in_use(opener: Opener, tmp_path: Path) -> None:
+    s = opener()
+    assert read_auth_key(s.path) is None
+    s.auth_key = AuthKey(KEY)
+    s.save()
+    assert read_auth_key(s.path) == KEY  # while the session holds its lock
+    junk = tmp_path / "junk.session"
+    junk.write_bytes(b"not a database" * 100)
+    with pytest.raises(SessionStoreError):
+        read_auth_key(junk)
+    with pytest.raises(SessionStoreError):
+        read_auth_key(tmp_path / "missing.session")
+    assert not (tmp_path / "missing.session").exists()
+
+
+# -- one record per user: the manager's fields in metadata.json -----------------------------------
+
+API_HASH = "feedfacefeedfacefeedfacefeedface"
+PHONE = "+4915112345678"
+CODE_HASH = "0123456789abcdef"
+SENT = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def sealed_json(cipher: SessionCipher, uid: str, field: str, value: str) -> dict[str, str]:
+    """A secret as the old SQLiteDirectory stored it in user_{id}.meta.json."""
+    import base64
+
+    return {"sealed": base64.b64encode(cipher.seal_text(value, where=f"{BOT}/{uid}", field=field)).decode()}
+
+
+def legacy_meta(cipher: SessionCipher, uid: str = "7") -> dict[str, Any]:
+    return {
+        "user_id": uid,
+        "registered_at": "2024-01-02T03:04:05.000006+00:00",
+        "last_active_at": "2024-05-06T07:08:09.000001+00:00",
+        "logged_in": False,
+        "api_credentials": {"api_id": 4242, "api_hash": sealed_json(cipher, uid, "api_credentials.api_hash", API_HASH)},
+        "pending_login": {
+            "phone": sealed_json(cipher, uid, "pending_login.phone", PHONE),
+            "phone_code_hash": sealed_json(cipher, uid, "pending_login.phone_code_hash", CODE_HASH),
+            "sent_at": SENT.isoformat(),
+            "expires_at": (SENT + datetime.timedelta(minutes=5)).isoformat(),
+            "password_needed": True,
+        },
+    }
+
+
+def check_folded_user(directory: SQLiteDirectory, uid: str = "7") -> None:
+    user = directory.get_user(uid)
+    assert user is not None
+    assert user.registered_at == datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert user.api_credentials == ApiCredentials(4242, API_HASH)
+    assert user.pending_login == PendingLogin(PHONE, CODE_HASH, SENT, SENT + datetime.timedelta(minutes=5), True)
+
+
+def test_an_old_meta_file_is_folded_into_metadata_json(sdir: Path, old: SessionCipher) -> None:
+    bot_dir = sdir / BOT
+    bot_dir.mkdir(parents=True)
+    legacy = bot_dir / "user_7.meta.json"
+    legacy.write_text(json.dumps(legacy_meta(old)))
+    directory = SQLiteDirectory(sdir, BOT, cipher=old)
+    check_folded_user(directory)
+    assert not legacy.exists()
+    entry = json.loads((bot_dir / METADATA_FILE).read_text())["7"]
+    assert entry == {
+        **legacy_meta(old),
+        "api_credentials": entry["api_credentials"],
+        "pending_login": entry["pending_login"],
+    }
+    assert set(entry["api_credentials"]["api_hash"]) == {"sealed"}  # still sealed, as it was
+    blob = (bot_dir / METADATA_FILE).read_bytes()
+    assert_absent(blob, api_hash=API_HASH.encode(), phone=PHONE.encode(), code_hash=CODE_HASH.encode())
+    check_folded_user(SQLiteDirectory(sdir, BOT, cipher=old))  # read back from metadata.json alone
+    assert [u.user_id for u in directory.list_users()] == ["7"]
+    assert read_metadata(sdir, BOT) == {}  # no session file yet: not an entry of the session index
+
+
+def test_a_listing_folds_every_old_meta_file_and_keeps_the_later_activity(
+    sdir: Path, opener: Opener, old: SessionCipher
+) -> None:
+    s = opener("7")
+    s.auth_key = AuthKey(KEY)
+    s.save()  # the store's entry: created_at, last_active_at (now), size
+    s.close()
+    store_entry = read_metadata(sdir, BOT)["7"]
+    bot_dir = sdir / BOT
+    (bot_dir / "user_7.meta.json").write_text(json.dumps(legacy_meta(old, "7")))
+    (bot_dir / "user_8.meta.json").write_text(json.dumps(legacy_meta(old, "8")))
+    directory = SQLiteDirectory(sdir, BOT, cipher=old)
+    users = directory.list_users()
+    assert [(u.user_id, u.custom_api, u.login_pending) for u in users] == [("7", True, True), ("8", True, True)]
+    assert sorted(p.name for p in bot_dir.glob("user_*")) == ["user_7.session"]
+    # One last_active_at: the session's (now) is later than the old file's (2024-05-06).
+    assert users[0].last_active_at == datetime.datetime.fromisoformat(store_entry["last_active_at"])
+    assert users[1].last_active_at == datetime.datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC)
+    assert read_metadata(sdir, BOT) == {"7": store_entry}  # the session index is unchanged
+    check_folded_user(directory, "7")
+    check_folded_user(directory, "8")
+
+
+def test_the_store_folds_and_keeps_the_managers_fields(sdir: Path, opener: Opener, old: SessionCipher) -> None:
+    bot_dir = sdir / BOT
+    bot_dir.mkdir(parents=True)
+    (bot_dir / "user_7.meta.json").write_text(json.dumps(legacy_meta(old)))
+    s = opener("7", cipher=old)
+    s.auth_key = AuthKey(KEY)
+    s.save()  # the store's first write to metadata.json folds the old file in
+    assert not (bot_dir / "user_7.meta.json").exists()
+    directory = SQLiteDirectory(sdir, BOT, cipher=old)
+    check_folded_user(directory)
+    assert set(read_metadata(sdir, BOT)["7"]) == {"user_id", "created_at", "last_active_at", "size"}
+    s.process_entities(users(50))
+    s.close()  # refreshes size and last_active_at only
+    check_folded_user(directory)
+    assert s.delete() is True  # the file is gone, the manager's user is not
+    assert read_metadata(sdir, BOT) == {} and list_sqlite_sessions(sdir, BOT) == []
+    check_folded_user(directory)
+    assert directory.delete_user("7") is True
+    assert directory.get_user("7") is None and json.loads((bot_dir / METADATA_FILE).read_text()) == {}
+    assert directory.delete_user("7") is False
+
+
+CHILD_CRASH_AFTER_FOLD = """
+import os, signal, sys
+from telethon_firestore_session.crypto import SessionCipher
+from telethon_firestore_session.sqlite.directory import SQLiteDirectory
+
+unlink = os.unlink
+def crash_before_removing_old_files(path, *a, **kw):
+    if str(path).endswith(".meta.json"):
+        os.kill(os.getpid(), signal.SIGKILL)  # metadata.json is written, the old file still there
+    unlink(path, *a, **kw)
+os.unlink = crash_before_removing_old_files
+SQLiteDirectory(sys.argv[1], "bot1", cipher=SessionCipher(sys.argv[2])).list_users()
+"""
+
+
+def test_a_crash_between_folding_and_removing_loses_nothing(sdir: Path, old: SessionCipher) -> None:
+    from telethon_firestore_session.testing.encryption import KEY_OLD
+
+    bot_dir = sdir / BOT
+    bot_dir.mkdir(parents=True)
+    legacy = bot_dir / "user_7.meta.json"
+    legacy.write_text(json.dumps(legacy_meta(old)))
+    child = run_py(CHILD_CRASH_AFTER_FOLD, str(sdir), KEY_OLD)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert legacy.exists()
+    assert "pending_login" in json.loads((bot_dir / METADATA_FILE).read_text())["7"]  # written first
+    # Run again: the old file is folded once more (the same values) and removed; then life goes on.
+    directory = SQLiteDirectory(sdir, BOT, cipher=old)
+    assert directory.update_user("7", logged_in=True) is True
+    assert not legacy.exists()
+    check_folded_user(directory)
+    user = directory.get_user("7")
+    assert user is not None and user.logged_in
+    assert [p.name for p in bot_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_unreadable_old_meta_file_is_a_typed_error_and_kept(sdir: Path) -> None:
+    bot_dir = sdir / BOT
+    bot_dir.mkdir(parents=True)
+    legacy = bot_dir / "user_7.meta.json"
+    legacy.write_text("{not json")
+    directory = SQLiteDirectory(sdir, BOT)
+    for call in (lambda: directory.get_user("7"), directory.list_users, lambda: directory.touch("7")):
+        with pytest.raises(SessionCorruptError, match=r"user_7\.meta\.json"):
+            call()
+    assert legacy.read_text() == "{not json"
+    assert directory.delete_user("7") is True  # deleting needs no reading
+    assert not legacy.exists() and directory.list_users() == []

@@ -1,10 +1,10 @@
 """One instance at a time per Firestore session: a lease on the session document.
 
-The session document carries ``lease{holder, expires_at, acquired_at}``
-(DESIGN.md, "One writer per session"). Two processes that use one auth key at
-once lose it to ``AuthKeyDuplicatedError``, so an instance takes the lease
-before it connects a user's client, keeps renewing it while the client is
-open, and gives it back when it closes the client:
+The session document carries ``lease{holder, expires_at, acquired_at}``. Two
+processes that use one auth key at once lose it to ``AuthKeyDuplicatedError``,
+so an instance takes the lease before it connects a user's client, keeps
+renewing it while the client is open, and gives it back when it closes the
+client:
 
 * :meth:`FirestoreLease.acquire` reads the document and writes the lease in one
   Firestore transaction. It fails with
@@ -42,14 +42,17 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from telethon_firestore_session.errors import SessionInUseError, SessionStoreError
+from telethon_firestore_session.errors import SessionInUseError, wrap_store_errors
+
+from .layout import LEASE_RETRY, kept_changing, utcnow
+from .layout import where as _where
 
 if TYPE_CHECKING:
     from google.cloud import firestore
 
 __all__ = ["DEFAULT_LEASE_TTL", "FirestoreLease", "LeaseInfo", "make_holder_id", "parse_lease"]
 
-log = logging.getLogger("telethon_firestore_session.lease")
+log = logging.getLogger(__name__)
 
 #: Seconds a lease lasts without renewal; a crashed holder's session is free after this.
 DEFAULT_LEASE_TTL = 60.0
@@ -63,10 +66,6 @@ def make_holder_id() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 @dataclasses.dataclass(frozen=True)
 class LeaseInfo:
     """A lease as stored: who holds it and until when (UTC)."""
@@ -75,7 +74,7 @@ class LeaseInfo:
     expires_at: datetime.datetime
 
     def active(self, now: datetime.datetime | None = None) -> bool:
-        return self.expires_at > (now or _now())
+        return self.expires_at > (now or utcnow())
 
 
 def parse_lease(value: object) -> LeaseInfo | None:
@@ -116,7 +115,7 @@ class FirestoreLease:
         self.holder = holder
         self.ttl = ttl
         self.rpc_timeout = rpc_timeout
-        self.where = where or f"firestore:{doc.path}"
+        self.where = where or _where(doc)
         self._lock = threading.Lock()
         #: Our lease's expiry as last written (``None`` until acquired, or after release).
         self.expires_at: datetime.datetime | None = None
@@ -136,11 +135,6 @@ class FirestoreLease:
         return f"<FirestoreLease {self.where} holder={self.holder} {state}>"
 
     # -- Firestore helpers --------------------------------------------------------------------
-
-    def _retry(self, timeout: float) -> Any:
-        from google.api_core import retry as retries
-
-        return retries.Retry(initial=0.05, maximum=1.0, multiplier=2.0, timeout=timeout)
 
     def _renew_timeout(self) -> float:
         # A renewal that takes longer than a third of the TTL is not worth finishing.
@@ -167,7 +161,7 @@ class FirestoreLease:
             if not snap.exists:
                 return None
             current = parse_lease((snap.to_dict() or {}).get("lease"))
-            now = _now()
+            now = utcnow()
             if current is not None and current.holder != self.holder:
                 if current.active(now):
                     raise SessionInUseError(self.where, current.holder, current.expires_at)
@@ -182,12 +176,8 @@ class FirestoreLease:
             )
             return expires
 
-        try:
+        with wrap_store_errors("take the lease of", self.where):  # SessionInUseError passes through
             expires = take(self.client.transaction())
-        except SessionInUseError:
-            raise
-        except Exception as exc:
-            raise SessionStoreError(f"cannot take the lease of {self.where}: {type(exc).__name__}: {exc}") from exc
         if expires is None:
             return False
         if taken_over:
@@ -239,9 +229,9 @@ class FirestoreLease:
 
         if self.lost:
             return False
-        timeout = self._renew_timeout()
+        call = LEASE_RETRY.call(self._renew_timeout())
         for _ in range(_CAS_ATTEMPTS):
-            snap = self.doc.get(field_paths=["lease"], retry=self._retry(timeout), timeout=timeout)
+            snap = self.doc.get(field_paths=["lease"], **call)
             current = parse_lease((snap.to_dict() or {}).get("lease")) if snap.exists else None
             if current is None or current.holder != self.holder:
                 # Deleted, released by someone else, or taken over: the session is not ours any more.
@@ -254,14 +244,13 @@ class FirestoreLease:
                     f" to {current.holder}" if current is not None else "",
                 )
                 return False
-            now = _now()
+            now = utcnow()
             expires = now + datetime.timedelta(seconds=self.ttl)
             try:
                 self.doc.update(
                     {"lease.expires_at": expires, "last_active_at": now},
                     option=self.client.write_option(last_update_time=snap.update_time),
-                    retry=self._retry(timeout),
-                    timeout=timeout,
+                    **call,
                 )
             except (FailedPrecondition, NotFound):
                 # Written meanwhile (the background writer, or a taker): read again, after a short
@@ -274,7 +263,7 @@ class FirestoreLease:
             self.renewals += 1
             self.last_error = None
             return True
-        raise SessionStoreError(f"{self.where}: the document changed on every lease renewal attempt")
+        raise kept_changing("renew the lease of", self.where)
 
     def release(self) -> None:
         """Remove the lease if it is still ours (bounded by ``rpc_timeout``). Never raises.
@@ -289,11 +278,10 @@ class FirestoreLease:
             self.expires_at = None
             if not held:
                 return
+            call = LEASE_RETRY.call(self.rpc_timeout)
             try:
                 for _ in range(_CAS_ATTEMPTS):
-                    snap = self.doc.get(
-                        field_paths=["lease"], retry=self._retry(self.rpc_timeout), timeout=self.rpc_timeout
-                    )
+                    snap = self.doc.get(field_paths=["lease"], **call)
                     current = parse_lease((snap.to_dict() or {}).get("lease")) if snap.exists else None
                     if current is None or current.holder != self.holder:
                         return
@@ -301,8 +289,7 @@ class FirestoreLease:
                         self.doc.update(
                             {"lease": firestore.DELETE_FIELD},
                             option=self.client.write_option(last_update_time=snap.update_time),
-                            retry=self._retry(self.rpc_timeout),
-                            timeout=self.rpc_timeout,
+                            **call,
                         )
                     except (FailedPrecondition, NotFound):
                         continue

@@ -32,8 +32,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
-import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from telethon_firestore_session.crypto import open_sealed_text
@@ -54,17 +53,9 @@ __all__ = [
     "UserRecord",
 ]
 
-log = logging.getLogger("telethon_firestore_session.directory")
-
-_UTC = datetime.timezone.utc
-#: Firestore accepts at most 500 writes in one commit.
-_MAX_WRITES = 500
-#: Threads listing subcollections during cleanup (each listing is one small query).
-_LIST_WORKERS = 8
-
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(_UTC)
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 class _Unset:
@@ -166,7 +157,7 @@ class SessionDirectory(abc.ABC):
     def key(self, user_id: str) -> SessionKey:
         return SessionKey(self.bot_id, user_id)
 
-    # -- sealing secret metadata -----------------------------------------------------------
+    # -- sealing secret metadata (for the implementations) ---------------------------------
 
     def _seal(self, user_id: str, field: str, value: str) -> bytes | str:
         if self.cipher is None:
@@ -181,10 +172,12 @@ class SessionDirectory(abc.ABC):
         where = str(self.key(user_id))
         return open_sealed_text(self.cipher, bytes(value), where=where, context=where, field=field)
 
-    def _credentials_value(self, user_id: str, creds: ApiCredentials) -> dict[str, Any]:
+    def encode_credentials(self, user_id: str, creds: ApiCredentials) -> dict[str, Any]:
+        """``api_credentials`` as stored: the hash sealed when there is a cipher."""
         return {"api_id": creds.api_id, "api_hash": self._seal(user_id, "api_credentials.api_hash", creds.api_hash)}
 
-    def _credentials(self, user_id: str, value: object) -> ApiCredentials | None:
+    def decode_credentials(self, user_id: str, value: object) -> ApiCredentials | None:
+        """Stored ``api_credentials`` back (``None`` if absent); :class:`SessionCorruptError` if malformed."""
         if not isinstance(value, dict):
             return None
         api_id = value.get("api_id")
@@ -192,7 +185,8 @@ class SessionDirectory(abc.ABC):
             raise SessionCorruptError(f"{self.where}/{user_id}: api_credentials.api_id is not an integer")
         return ApiCredentials(api_id, self._open(user_id, "api_credentials.api_hash", value.get("api_hash")))
 
-    def _pending_value(self, user_id: str, pending: PendingLogin) -> dict[str, Any]:
+    def encode_pending(self, user_id: str, pending: PendingLogin) -> dict[str, Any]:
+        """``pending_login`` as stored: phone and phone-code hash sealed when there is a cipher."""
         return {
             "phone": self._seal(user_id, "pending_login.phone", pending.phone),
             "phone_code_hash": self._seal(user_id, "pending_login.phone_code_hash", pending.phone_code_hash),
@@ -201,7 +195,10 @@ class SessionDirectory(abc.ABC):
             "password_needed": pending.password_needed,
         }
 
-    def _pending(self, user_id: str, value: object, parse_time: Any) -> PendingLogin | None:
+    def decode_pending(
+        self, user_id: str, value: object, parse_time: Callable[[object], datetime.datetime | None]
+    ) -> PendingLogin | None:
+        """Stored ``pending_login`` back (``None`` if absent), its times read by ``parse_time``."""
         if not isinstance(value, dict):
             return None
         sent = parse_time(value.get("sent_at"))
@@ -215,6 +212,12 @@ class SessionDirectory(abc.ABC):
             expires_at=expires,
             password_needed=bool(value.get("password_needed")),
         )
+
+    # The names the implementations used before (until they call the public ones).
+    _credentials_value = encode_credentials
+    _credentials = decode_credentials
+    _pending_value = encode_pending
+    _pending = decode_pending
 
     # -- the interface -----------------------------------------------------------------------
 

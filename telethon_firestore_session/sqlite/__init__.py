@@ -1,19 +1,24 @@
-"""Sessions in per-user SQLite files, ``{sessions_dir}/{bot_id}/user_{user_id}.session``, in Telethon's schema."""
+"""Sessions in per-user SQLite files, ``{sessions_dir}/{bot_id}/user_{user_id}.session``, in Telethon's schema.
+
+``schema`` knows Telethon's file format (and reads and writes whole files), ``files``
+the bot directory (paths, locks, ``metadata.json``), ``store`` keeps one session in
+one file, ``session`` is the Telethon session over it, ``directory`` the session
+manager's view of a bot's users.
+"""
 
 from __future__ import annotations
 
-from .store import (
+from .files import METADATA_FILE, list_sqlite_sessions, read_metadata, session_path
+from .schema import (
     BLIND_INDEX_PREFIX,
-    METADATA_FILE,
     SCHEMA_VERSION,
     SEALED_ENTITIES,
-    ScopedSQLiteSession,
-    SQLiteStore,
-    list_sqlite_sessions,
-    read_metadata,
-    rotate_sqlite_sessions,
-    session_path,
+    read_auth_key,
+    read_session_file,
+    write_session_file,
 )
+from .session import ScopedSQLiteSession, rotate_sqlite_sessions
+from .store import SQLiteStore
 
 __all__ = [
     "BLIND_INDEX_PREFIX",
@@ -23,7 +28,10 @@ __all__ = [
     "SQLiteStore",
     "ScopedSQLiteSession",
     "list_sqlite_sessions",
+    "read_auth_key",
     "read_metadata",
+    "read_session_file",
     "rotate_sqlite_sessions",
     "session_path",
+    "write_session_file",
 ]
