@@ -4,7 +4,7 @@
 or uses the one in ``FIRESTORE_EMULATOR_HOST``. ``firestore_client`` resets the
 emulator's data before each test. Without the emulator those tests skip with
 an install hint; under ``CI=true`` they fail instead. ``paused`` lets a test
-pause the emulator (such a test is marked ``slow``).
+pause the emulator; such a test, like one using an emulator of its own, is marked ``slow``.
 """
 
 from __future__ import annotations
@@ -130,11 +130,16 @@ def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
         emulator.resume()
 
 
+#: A test using one of these is slow: it pauses the emulator (and waits for timeouts by design),
+#: or starts an emulator of its own.
+SLOW_FIXTURES = frozenset({"paused", "rules_emulator"})
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that pauses the emulator is slow (it waits for timeouts by design)."""
+    """Mark the tests that use a :data:`SLOW_FIXTURES` fixture ``slow``."""
     for item in items:
-        if "paused" in getattr(item, "fixturenames", ()):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

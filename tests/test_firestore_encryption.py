@@ -58,7 +58,7 @@ def test_rotation_does_not_overwrite_a_concurrent_write(
 ) -> None:
     """The store re-reads a document that changed between its read and its write."""
     make(firestore_client, bot_id, cipher=old).close()
-    store = FirestoreSession("42", bot_id=bot_id, client=firestore_client, cipher=new)._firestore
+    store = FirestoreSession("42", bot_id=bot_id, client=firestore_client, cipher=new).store
 
     class RacingDoc:
         """The real document; right after the first read, another process logs in again."""

@@ -157,7 +157,7 @@ class Kinds:
             again: Any = SQLiteSession(s.filename)
         elif kind == "firestore":
             s.close()
-            again = FirestoreSession(s.user_id, bot_id=s.bot_id, client=s._firestore.client)
+            again = FirestoreSession(s.user_id, bot_id=s.bot_id, client=s.store.client)
         elif kind == "local":
             s.close()
             again = ScopedSQLiteSession(s.user_id, bot_id=s.bot_id, sessions_dir=self.tmp_path / "sessions")

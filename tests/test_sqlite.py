@@ -1158,6 +1158,7 @@ SQLiteDirectory(sys.argv[1], "bot1", cipher=SessionCipher(sys.argv[2])).list_use
 """
 
 
+@pytest.mark.slow
 def test_a_crash_between_folding_and_removing_loses_nothing(sdir: Path, old: SessionCipher) -> None:
     from telethon_firestore_session.testing.encryption import KEY_OLD
 

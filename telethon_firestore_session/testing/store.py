@@ -30,8 +30,7 @@ class StoreProbe:
     """
 
     def __init__(self, session: Session, hold_timeout: float = 5.0) -> None:
-        assert isinstance(session, SessionCore), "StoreProbe needs a SessionCore bound to a store"
-        store = session._store
+        store = session.store if isinstance(session, SessionCore) else None
         assert store is not None, "StoreProbe needs a SessionCore bound to a store"
         self.store: Store = store
         self.hold_timeout = hold_timeout
