@@ -224,17 +224,6 @@ class FirestoreBackend(_StoreBackend):
 
     name = "firestore"
     debug_loggers = ("google.cloud.firestore_v1",)
-    deviations: ClassVar[Mapping[str, Deviation]] = {
-        # Known bugs of FirestoreStore.find_entity, to fix there (ScopedSQLiteSession does both right):
-        "a_copied_field_never_hides_the_real_owner": Deviation(
-            "a lookup fails as a whole when one record found by the blind index does not open, "
-            "so a record copied from elsewhere hides the real owner of the value"
-        ),
-        "blind_index_changed_outside_is_refused": Deviation(
-            "neither a lookup nor iter_entities() checks that the blind index belongs to the opened value, "
-            "so a record whose index was changed outside answers a lookup for another entity's value"
-        ),
-    }
 
     def __init__(self, client: Any, bot_id: str, user_id: str = "42", **options: Any) -> None:
         super().__init__(bot_id, user_id, options)
