@@ -54,7 +54,6 @@ from telethon_firestore_session.sqlite import (
     rotate_sqlite_sessions,
 )
 from telethon_firestore_session.sqlite.directory import SQLiteDirectory
-from telethon_firestore_session.testing import ScopedSQLiteBackend
 from telethon_firestore_session.testing.cases import AUTH_A, AUTH_B
 from telethon_firestore_session.testing.encryption import (
     KEY_NEW,
@@ -67,6 +66,7 @@ from telethon_firestore_session.testing.encryption import (
     person,
 )
 from tests.common import BOT, Opener
+from tests.contract.storage import SQLiteStorage
 
 from .leaks import assert_absent, find_leaks
 from .telegram_double import FakeTelegram
@@ -76,9 +76,9 @@ DATE = datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)
 
 
 @pytest.fixture
-def files(sdir: Path) -> ScopedSQLiteBackend:
+def files(sdir: Path) -> SQLiteStorage:
     """The encryption contract's view of the files under ``sdir``: paths, raw reads and writes, snapshots."""
-    return ScopedSQLiteBackend(sdir, bot_id=BOT)
+    return SQLiteStorage(sdir, bot_id=BOT)
 
 
 def make(opener: Opener, uid: str = "42", auth: bytes = AUTH_A, **kw: Any) -> ScopedSQLiteSession:
@@ -89,7 +89,7 @@ def make(opener: Opener, uid: str = "42", auth: bytes = AUTH_A, **kw: Any) -> Sc
     return s
 
 
-def plaintext_in(files: ScopedSQLiteBackend, uid: str, values: list[str]) -> list[str]:
+def plaintext_in(files: SQLiteStorage, uid: str, values: list[str]) -> list[str]:
     data = files.stored_bytes(uid)
     return [v for v in values if v.encode() in data]
 
@@ -104,7 +104,7 @@ def run_py(code: str, *args: str, timeout: float = 60.0) -> subprocess.Completed
 
 
 def test_wrong_key_leaves_a_rollback_journal_file_untouched(
-    opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher
+    opener: Opener, files: SQLiteStorage, old: SessionCipher
 ) -> None:
     """As a copy or backup tool may leave it: not in WAL mode (opening would switch it)."""
     make(opener, cipher=old).close()
@@ -117,7 +117,7 @@ def test_wrong_key_leaves_a_rollback_journal_file_untouched(
 
 
 def test_session_file_copied_over_another_users_does_not_open(
-    opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher
+    opener: Opener, files: SQLiteStorage, old: SessionCipher
 ) -> None:
     make(opener, "1001", AUTH_A, cipher=old).close()
     path = files.path("1003")
@@ -143,7 +143,7 @@ os._exit(0)  # killed before close(): the commit is only in the -wal
 
 @pytest.mark.slow
 def test_left_over_wal_is_left_alone_when_opening_fails(
-    sdir: Path, old: SessionCipher, opener: Opener, files: ScopedSQLiteBackend
+    sdir: Path, old: SessionCipher, opener: Opener, files: SQLiteStorage
 ) -> None:
     child = run_py(CHILD_CRASH, str(sdir), KEY_OLD)
     assert child.returncode == 0, child.stderr
@@ -157,9 +157,7 @@ def test_left_over_wal_is_left_alone_when_opening_fails(
     assert s.auth_key is not None and s.auth_key.key == bytes(range(256)) and s.dc_id == 4
 
 
-def test_close_after_a_failed_reopen_writes_nothing(
-    opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher
-) -> None:
+def test_close_after_a_failed_reopen_writes_nothing(opener: Opener, files: SQLiteStorage, old: SessionCipher) -> None:
     """A session whose file was re-keyed while it was closed refuses it, and its close() writes nothing."""
     s = make(opener, cipher=old, close_timeout=0.3)
     s.process_entities(PEOPLE)
@@ -181,7 +179,7 @@ def test_close_after_a_failed_reopen_writes_nothing(
 
 
 def test_plaintext_telethon_file_is_sealed_on_next_save(
-    opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher
+    opener: Opener, files: SQLiteStorage, old: SessionCipher
 ) -> None:
     path = files.path("42")
     path.parent.mkdir(parents=True)
@@ -203,7 +201,7 @@ def test_plaintext_telethon_file_is_sealed_on_next_save(
 
 
 def test_rotation_closes_the_files_and_is_not_activity(
-    opener: Opener, files: ScopedSQLiteBackend, sdir: Path, old: SessionCipher, new: SessionCipher
+    opener: Opener, files: SQLiteStorage, sdir: Path, old: SessionCipher, new: SessionCipher
 ) -> None:
     s = make(opener, "3", AUTH_B, cipher=old, encrypt_pii=True)
     s.process_entities(PEOPLE)
@@ -232,7 +230,7 @@ s.close()
 
 @pytest.mark.slow
 def test_rotate_skips_and_reports_sessions_held_elsewhere(
-    opener: Opener, sdir: Path, files: ScopedSQLiteBackend, old: SessionCipher, new: SessionCipher
+    opener: Opener, sdir: Path, files: SQLiteStorage, old: SessionCipher, new: SessionCipher
 ) -> None:
     make(opener, "2", AUTH_B, cipher=old).close()  # held by another process
     make(opener, "3", AUTH_B, cipher=old).close()  # held by another object in this process
@@ -290,7 +288,7 @@ def test_rotate_needs_no_live_session_and_a_killed_holder_does_not_block(
 # -- the side table and blind indexes in Telethon's columns -----------------------------------------
 
 
-def _lookup_plans(s: ScopedSQLiteSession, files: ScopedSQLiteBackend, key: str) -> list[str]:
+def _lookup_plans(s: ScopedSQLiteSession, files: SQLiteStorage, key: str) -> list[str]:
     """The query plans of the statements a lookup ran (captured from the store's own connection)."""
     statements: list[str] = []
     conn = s._sqlite._conn()
@@ -307,7 +305,7 @@ def _lookup_plans(s: ScopedSQLiteSession, files: ScopedSQLiteBackend, key: str) 
 
 
 def test_sealed_fields_live_in_a_side_table_and_are_found_with_indexed_queries(
-    opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher
+    opener: Opener, files: SQLiteStorage, old: SessionCipher
 ) -> None:
     s = make(opener, cipher=old, encrypt_pii=True)
     s.process_entities(PEOPLE)
@@ -333,7 +331,7 @@ def test_sealed_fields_live_in_a_side_table_and_are_found_with_indexed_queries(
         assert any("USING INDEX tfs_entities_" in p or "USING COVERING INDEX tfs_entities_" in p for p in plans)
 
 
-def test_no_side_table_without_encrypt_pii(opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher) -> None:
+def test_no_side_table_without_encrypt_pii(opener: Opener, files: SQLiteStorage, old: SessionCipher) -> None:
     s = make(opener, cipher=old)
     s.process_entities(PEOPLE)
     s.close()
@@ -351,7 +349,7 @@ def test_directory_with_encrypt_pii_needs_a_cipher(sdir: Path) -> None:
 
 
 def test_plain_telethon_opens_a_sealed_file_but_gets_no_usable_key(
-    opener: Opener, files: ScopedSQLiteBackend, old: SessionCipher
+    opener: Opener, files: SQLiteStorage, old: SessionCipher
 ) -> None:
     """A sealed file is a valid schema-8 file, but plain SQLiteSession cannot use its secrets.
 
@@ -393,7 +391,7 @@ def test_plain_telethon_opens_a_sealed_file_but_gets_no_usable_key(
 
 
 def test_migrate_round_trips_through_a_sealed_session(
-    opener: Opener, sdir: Path, files: ScopedSQLiteBackend, tmp_path: Path, old: SessionCipher
+    opener: Opener, sdir: Path, files: SQLiteStorage, tmp_path: Path, old: SessionCipher
 ) -> None:
     src = tmp_path / "user_77.session"
     telethon = SQLiteSession(str(src))
@@ -438,7 +436,7 @@ def test_migrate_round_trips_through_a_sealed_session(
 # -- the manager --------------------------------------------------------------------------------
 
 
-async def test_manager_seals_sqlite_sessions(sdir: Path, files: ScopedSQLiteBackend, old: SessionCipher) -> None:
+async def test_manager_seals_sqlite_sessions(sdir: Path, files: SQLiteStorage, old: SessionCipher) -> None:
     tg = FakeTelegram()
     tg.add_account("+1 555 0100", user_id=1001, first_name="Alice", username="alice_tg")
     kw: dict[str, Any] = {"api_id": 1, "api_hash": "h", "client_factory": tg.client, "flush_interval": 60.0}

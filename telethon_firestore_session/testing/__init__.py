@@ -38,9 +38,9 @@ Sessions built on :class:`~telethon_firestore_session.SessionCore` with a store
 can also run :class:`StoreContract` (dirty tracking, write-behind, lazy
 lookups, cached misses) with a ``store_backend`` fixture. A store that seals
 (``cipher=``, ``encrypt_pii=``) runs :class:`EncryptionContract` with an
-``encryption_backend`` fixture: an :class:`EncryptionBackend` that also shows
-the contract what is stored (:class:`FirestoreBackend` and
-:class:`ScopedSQLiteBackend` are both kinds of backend).
+``encryption_backend`` fixture: an :class:`EncryptionBackend` that makes sessions
+with a cipher of the test's choosing and shows the contract what is stored (the
+project's own, for Firestore and SQLite files, are in its ``tests/contract/storage.py``).
 
 The modules: :mod:`.cases` (the histories), :mod:`.backends` (Telethon's
 references and this library's stores), :mod:`.session`, :mod:`.store` and
