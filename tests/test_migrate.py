@@ -477,8 +477,12 @@ def test_failed_commit_is_reported_and_a_rerun_completes_it(
     assert "SessionStoreError" in reasons["5"]
     assert report.commits == 1 and report.writes == 4
 
+    # Session 5 was never written. Session 4's commit timed out, which does not undo it: the emulator,
+    # running again, may still apply the request it had received. The rerun copies what is missing.
     again = import_session_files(tmp_path, FirestoreDestination(firestore_client, bot_id))
-    assert again.counts() == {UNCHANGED: 4, COPIED: 2}
+    statuses = {item.user_id: item.status for item in again.items}
+    assert statuses.pop("4") in (UNCHANGED, COPIED)
+    assert statuses == {"0": UNCHANGED, "1": UNCHANGED, "2": UNCHANGED, "3": UNCHANGED, "5": COPIED}
     sessions = firestore_client.collection("bots").document(bot_id).collection("user_sessions")
     assert count(sessions) == 6
 
