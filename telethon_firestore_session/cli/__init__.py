@@ -20,7 +20,8 @@ Secrets: no command prints an auth key. ``show`` prints its fingerprint.
 
 The commands live one group to a module: :mod:`.inspection` (``info``, ``list``, ``stats``,
 ``show``), :mod:`.transfer` (``import``, ``export``, ``backup``, ``restore``),
-:mod:`.administration` (``cleanup``, ``delete``, ``rotate-key``, ``keygen``) and :mod:`.doctor`;
+:mod:`.administration` (``cleanup``, ``delete``, ``rotate-key``, ``keygen``) and :mod:`.doctor`
+(``doctor``, ``rules``);
 :mod:`.common` holds what they share.
 """
 
