@@ -32,6 +32,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from google.api_core.exceptions import GoogleAPIError
+
 from telethon_firestore_session.errors import ConfigError, InvalidSessionIdError, SessionDecryptionError, SessionError
 
 from . import administration, doctor, inspection, transfer
@@ -114,14 +116,6 @@ def _setup_logging(verbosity: int) -> None:
     )
 
 
-def _is_google_api_error(exc: BaseException) -> bool:
-    try:
-        from google.api_core.exceptions import GoogleAPIError
-    except ImportError:  # pragma: no cover - a dependency
-        return False
-    return isinstance(exc, GoogleAPIError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -147,9 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.as_json:
             out.emit({"ok": False, "exit_code": EXIT_PARTIAL, "error": {"type": type(exc).__name__}}, "")
         return EXIT_PARTIAL
-    except Exception as exc:  # a failed Firestore call (GoogleAPIError) is reported; anything else propagates
-        if not _is_google_api_error(exc):
-            raise
+    except GoogleAPIError as exc:  # a failed Firestore call
         log.debug("Firestore call failed", exc_info=True)
         return out.error(command, "firestore", exc, EXIT_PARTIAL)
     finally:

@@ -42,9 +42,6 @@ class Check:
     detail: str
     fix: str = ""
 
-    def as_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
-
 
 def _doctor_checks(env: Env) -> Iterator[Check]:
     try:
@@ -240,21 +237,11 @@ def _check_sealing(env: Env, values: Sequence[tuple[str, object]]) -> Iterator[C
         )
         return
     if unknown := found.get("unknown"):
-        if cipher is None:
-            yield Check(
-                "sealing",
-                "fail",
-                f"{len(unknown)} {sampled} are sealed (e.g. user {unknown[0]}), but SESSION_ENCRYPTION_KEY is not set",
-                "set SESSION_ENCRYPTION_KEY to the key that sealed them",
-            )
-        else:
-            yield Check(
-                "sealing",
-                "fail",
-                f"{len(unknown)} {sampled} are sealed with a key that is not configured (e.g. user {unknown[0]})",
-                "set SESSION_ENCRYPTION_KEY to the key that sealed them, or add that key to "
-                f"SESSION_ENCRYPTION_OLD_KEYS and run `{PROG} rotate-key`",
-            )
+        by = "with a key that is not configured" if cipher else "while SESSION_ENCRYPTION_KEY is not set"
+        fix = "set SESSION_ENCRYPTION_KEY to the key that sealed them"
+        if cipher is not None:
+            fix += f", or add that key to SESSION_ENCRYPTION_OLD_KEYS and run `{PROG} rotate-key`"
+        yield Check("sealing", "fail", f"{len(unknown)} {sampled} are sealed {by} (e.g. user {unknown[0]})", fix)
         return
     if cipher is None:
         return  # all plaintext: the encryption check already says so
@@ -336,7 +323,7 @@ def cmd_doctor(env: Env, out: Output) -> int:
         lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
         return "\n".join(lines)
 
-    out.emit({"ok": not failed, "checks": [c.as_dict() for c in checks]}, text)
+    out.emit({"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]}, text)
     if any(c.name == "config" and c.status == "fail" for c in checks):
         return EXIT_USAGE
     return EXIT_PARTIAL if failed else EXIT_OK
