@@ -146,7 +146,6 @@ class FirestoreStore(Store):
     # -- writing ------------------------------------------------------------------------
 
     def _header_fields(self, header: SessionHeader) -> dict[str, Any]:
-        # migrate.py still calls this name; new code passes the header to change_writes().
         fields = touch_fields(created=not self._exists)
         fields.update(header_fields(header, self.sealer.seal_auth_key(header.auth_key)))
         return fields
@@ -174,12 +173,6 @@ class FirestoreStore(Store):
         files = self.doc.collection(SENT_FILES)
         for key, value in changes.files.items():
             yield Write(files.document(file_doc_id(key)), "set", file_fields(key, value))
-
-    def _operations(self, changes: Changes) -> Iterator[tuple[Any, dict[str, Any]]]:
-        # migrate.py still calls this name; new code uses change_writes().
-        for w in self.change_writes(changes):
-            assert w.fields is not None
-            yield w.ref, w.fields
 
     def write_changes(self, changes: Changes) -> None:
         for chunk, _ in commit_in_chunks(self.client, self.change_writes(changes), self._call):
