@@ -172,11 +172,14 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 async def test_register_is_idempotent_and_a_user_without_login_gets_no_client(env: Env) -> None:
     m = env.manager()
+    # The original system's `success = await create_user_session(...)`: True whenever the user is registered.
     assert await m.create_user_session("u1") is True
-    assert await m.create_user_session("u1") is False
+    assert await m.create_user_session("u1") is True
+    assert await m.register_user("u1") is False  # "was it new" is register_user's answer
+    assert await m.register_user("u3") is True and await m.for_user("u3").register() is False
     assert await m.create_user_session(42, api_id=777, api_hash="ffffffffffffffffffffffffffffffff") is True
     sessions = {s.user_id: s for s in await m.list_user_sessions()}
-    assert set(sessions) == {"u1", "42"}
+    assert set(sessions) == {"u1", "u3", "42"}
     assert sessions["42"].custom_api and not sessions["u1"].custom_api
     assert not sessions["u1"].logged_in and not sessions["u1"].active
     assert await m.get_user_client("u1") is None
