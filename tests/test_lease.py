@@ -597,11 +597,24 @@ asyncio.run(main())
 """
 
 
-def _start_idle_holder(
-    procs: list[subprocess.Popen[str]], bot_id: str, state: Path, *, ttl: float, handoff_timeout: float
+async def _logged_in_holder(
+    managers: list[UserSessionManager],
+    client: Any,
+    bot_id: str,
+    fake: FakeTelegram,
+    tmp_path: Path,
+    procs: list[subprocess.Popen[str]],
+    *,
+    ttl: float,
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Log u1 in here, then start IDLE_HOLDER on it (which never asks for a hand-over itself)."""
+    first = _manager(managers, client, bot_id, fake)
+    await _log_in(first, fake)
+    await first.aclose()
+    state = tmp_path / "telegram.json"
+    fake.save(state)
     proc = subprocess.Popen(
-        [sys.executable, "-c", IDLE_HOLDER, bot_id, str(state), str(ttl), str(handoff_timeout)],
+        [sys.executable, "-c", IDLE_HOLDER, bot_id, str(state), str(ttl), "0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -643,12 +656,7 @@ async def test_another_process_hands_an_idle_client_over_within_seconds(
     tmp_path: Path,
     holder_process: list[subprocess.Popen[str]],
 ) -> None:
-    first = _manager(managers, firestore_client, bot_id, fake)
-    await _log_in(first, fake)
-    await first.aclose()
-    state = tmp_path / "telegram.json"
-    fake.save(state)
-    proc, started = _start_idle_holder(holder_process, bot_id, state, ttl=60.0, handoff_timeout=0)
+    proc, started = await _logged_in_holder(managers, firestore_client, bot_id, fake, tmp_path, holder_process, ttl=60)
     await asyncio.sleep(1.0)  # the holder's client stays unused
 
     b = _manager(managers, firestore_client, bot_id, fake)  # the defaults: handoff_timeout=15
@@ -683,12 +691,7 @@ async def test_a_holder_paused_past_its_lease_hands_out_nothing_and_writes_nothi
     tmp_path: Path,
     holder_process: list[subprocess.Popen[str]],
 ) -> None:
-    first = _manager(managers, firestore_client, bot_id, fake)
-    await _log_in(first, fake)
-    await first.aclose()
-    state = tmp_path / "telegram.json"
-    fake.save(state)
-    proc, started = _start_idle_holder(holder_process, bot_id, state, ttl=2.0, handoff_timeout=0)
+    proc, started = await _logged_in_holder(managers, firestore_client, bot_id, fake, tmp_path, holder_process, ttl=2)
     entities = _doc(firestore_client, bot_id).collection("entities")
     before = {d.id for d in entities.stream()}  # the self user, written at the login
     proc.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM

@@ -713,18 +713,21 @@ async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram, monkeypat
     assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.session"]
 
 
+def _local_environment(monkeypatch: pytest.MonkeyPatch, bot_id: str, sessions_dir: Path) -> None:
+    """The variables of a local bot (SQLite files), and none of Render's."""
+    for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    values = {"USE_LOCAL_STORAGE": "true", "BOT_ID": bot_id, "API_ID": "4321", "API_HASH": "f" * 32}
+    for name, value in {**values, "SESSIONS_DIR": str(sessions_dir)}.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_the_manager_is_built_from_the_environment(
     tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from telethon_firestore_session.manager import create_user_session_manager_from_config
 
-    for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("USE_LOCAL_STORAGE", "true")
-    monkeypatch.setenv("BOT_ID", "envbot")
-    monkeypatch.setenv("API_ID", "4321")
-    monkeypatch.setenv("API_HASH", "f" * 32)
-    monkeypatch.setenv("SESSIONS_DIR", str(tmp_path / "from-env"))
+    _local_environment(monkeypatch, "envbot", tmp_path / "from-env")
 
     async def run() -> None:
         async with create_user_session_manager_from_config(client_factory=fake.client) as manager:
@@ -742,13 +745,7 @@ def test_the_original_systems_calls_mean_what_they_meant(
     """Every call of the original system's guide, as it wrote them (README: "Coming from the original system")."""
     from telethon_firestore_session import create_user_session_manager_from_config
 
-    for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("USE_LOCAL_STORAGE", "true")
-    monkeypatch.setenv("BOT_ID", "wang3.0_local")
-    monkeypatch.setenv("API_ID", "4321")
-    monkeypatch.setenv("API_HASH", "f" * 32)
-    monkeypatch.setenv("SESSIONS_DIR", str(tmp_path / "sessions"))
+    _local_environment(monkeypatch, "wang3.0_local", tmp_path / "sessions")
     # Built in a plain __init__, with no event loop running (the guide's EnhancedTelegramBot).
     session_manager = create_user_session_manager_from_config(client_factory=fake.client)
 
