@@ -221,18 +221,14 @@ class FirestoreLease:
             return False
         return True
 
-    def _lose(self, to: LeaseInfo | None, why: str) -> None:
+    def _lose(self, to: LeaseInfo | None, why: str, *, level: int = logging.WARNING) -> None:
         if self.lost:
             return
         self.lost = True
         self.lost_to = to
         self.expires_at = None
-        log.warning(
-            "%s: lost the lease%s (%s); closing this instance's client",
-            self.where,
-            f" to {to.holder}" if to else "",
-            why,
-        )
+        holder = f" to {to.holder}" if to else ""
+        log.log(level, "%s: lost the lease%s (%s); this instance's client is closed", self.where, holder, why)
 
     def _renew_timeout(self) -> float:
         # A renewal that takes longer than a third of the TTL is not worth finishing.
@@ -381,41 +377,53 @@ class FirestoreLease:
         if current is not None and current.holder == self.holder and _epoch(data) == self.epoch:
             return True
         # Deleted, released by someone else, or taken over: the session is not ours any more.
-        self._lose(current, "another holder has it" if current is not None else "it is gone")
+        if not snap.exists:
+            self._lose(None, "the session was deleted", level=logging.INFO)
+        else:
+            self._lose(current, "another holder has it" if current is not None else "it was released elsewhere")
         return False
 
     def _renew_locked(self) -> bool:
-        from google.api_core.exceptions import FailedPrecondition, NotFound
-
         if not self.held():
             return False
-        call = LEASE_RETRY.call(self._renew_timeout())
+        started = time.monotonic()
+        expires: list[datetime.datetime] = []
+
+        def fields() -> dict[str, Any]:
+            now = utcnow()
+            expires[:] = [now + datetime.timedelta(seconds=self.ttl)]
+            return {"lease.expires_at": expires[0], "last_active_at": now}
+
+        result = self._update_if_ours(fields, LEASE_RETRY.call(self._renew_timeout()), "renew the lease of")
+        if result is None:
+            return False
+        self.expires_at = expires[0]
+        self.update_time = result.update_time
+        self._renewed = started
+        self.renewals += 1
+        self.last_error = None
+        return True
+
+    def _update_if_ours(self, fields: Callable[[], dict[str, Any]], call: CallOptions, what: str) -> Any:
+        """Update the document with ``fields()`` while the lease is ours; the write result, or ``None`` (lost).
+
+        The lease is read, then the document updated with a precondition on that read's
+        update time; written meanwhile (the background writer, a taker), it is read again
+        after a short random pause, so that a steady writer cannot keep winning.
+        """
+        from google.api_core.exceptions import FailedPrecondition, NotFound
+
         for _ in range(_CAS_ATTEMPTS):
-            started = time.monotonic()
             snap = self.doc.get(field_paths=_LEASE_FIELDS, **call)
             if not self._ours(snap):
-                return False
-            now = utcnow()
-            expires = now + datetime.timedelta(seconds=self.ttl)
+                return None
             try:
-                result = self.doc.update(
-                    {"lease.expires_at": expires, "last_active_at": now},
-                    option=self.client.write_option(last_update_time=snap.update_time),
-                    **call,
-                )
+                option = self.client.write_option(last_update_time=snap.update_time)
+                return self.doc.update(fields(), option=option, **call)
             except (FailedPrecondition, NotFound):
-                # Written meanwhile (the background writer, or a taker): read again, after a short
-                # random pause so that a steady writer cannot keep winning.
                 self.conflicts += 1
                 time.sleep(random.uniform(0.005, 0.04))  # noqa: S311 - jitter, not security
-                continue
-            self.expires_at = expires
-            self.update_time = result.update_time
-            self._renewed = started
-            self.renewals += 1
-            self.last_error = None
-            return True
-        raise kept_changing("renew the lease of", self.where)
+        raise kept_changing(what, self.where)
 
     def release(self, deadline: float | None = None) -> None:
         """Remove the lease if it is still ours (bounded by ``rpc_timeout``, and by ``deadline``). Never raises.
@@ -423,7 +431,6 @@ class FirestoreLease:
         ``deadline`` is a monotonic time (a shutdown's); past it nothing is sent. If
         Firestore cannot be reached the lease simply expires after the TTL.
         """
-        from google.api_core.exceptions import FailedPrecondition, NotFound
         from google.cloud import firestore
 
         BackgroundWriter.get().unregister_periodic(cast("Store", self))  # a bot session registers its lease
@@ -436,23 +443,8 @@ class FirestoreLease:
             if timeout <= 0.05:
                 log.warning("%s: no time left to release the lease; it expires by itself", self.where)
                 return
-            call = LEASE_RETRY.call(timeout)
             try:
-                for _ in range(_CAS_ATTEMPTS):
-                    snap = self.doc.get(field_paths=_LEASE_FIELDS, **call)
-                    data = (snap.to_dict() or {}) if snap.exists else {}
-                    current = parse_lease(data.get("lease"))
-                    if current is None or current.holder != self.holder or _epoch(data) != self.epoch:
-                        return
-                    try:
-                        self.doc.update(
-                            {"lease": firestore.DELETE_FIELD},
-                            option=self.client.write_option(last_update_time=snap.update_time),
-                            **call,
-                        )
-                    except (FailedPrecondition, NotFound):
-                        continue
-                    return
+                self._update_if_ours(lambda: {"lease": firestore.DELETE_FIELD}, LEASE_RETRY.call(timeout), "release")
             except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
                 log.warning("%s: releasing the lease failed (%s); it expires by itself", self.where, type(exc).__name__)
 

@@ -302,9 +302,10 @@ class ClientCache:
         self._entries[entry.user_id] = entry
         if entry.lease is not None:
             self._leases = (*self._leases, entry.lease)
-            self._watch(entry)
         if self._closed:
             return  # aclose() is closing everything, this one too
+        if entry.lease is not None:
+            self._watch(entry)
         task = self._housekeeper
         if task is None or task.done():
             self._housekeeper = asyncio.get_running_loop().create_task(

@@ -25,11 +25,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TypeVar
 
 __all__ = ["STOP_SIGNALS", "Lifecycle"]
 
 log = logging.getLogger(__name__)
+
+_L = TypeVar("_L", bound="Lifecycle")
 
 #: What :meth:`Lifecycle.stop_on_signals` and :meth:`Lifecycle.run` stop on.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -49,7 +51,7 @@ class Lifecycle(abc.ABC):
     async def aclose(self) -> None:
         """Close everything within ``shutdown_timeout``; idempotent, and concurrent callers wait for the first."""
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self: _L) -> _L:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
