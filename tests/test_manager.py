@@ -42,6 +42,7 @@ from telethon_firestore_session.manager import (
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
 from telethon_firestore_session.sqlite.directory import SQLiteDirectory
 
+from .leaks import assert_absent
 from .telegram_double import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -891,6 +892,7 @@ def _run_until_sigterm(env: Env, state: Path, *, handoff: float, users: list[str
             proc.communicate(timeout=10)
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM: stopping" in err
+    assert_absent(err, bot_token=BOT_TOKEN.split(":")[1].encode())  # the INFO log names no secret
     return took, json.loads(out.strip().splitlines()[-1])
 
 

@@ -9,10 +9,10 @@ out, modelled on python-telegram-bot's ``run_polling`` and aiogram's
 
 * :meth:`Lifecycle.run` owns the event loop: it runs the application's main
   coroutine and, on SIGTERM or SIGINT, closes the manager (bounded by its
-  ``shutdown_timeout``), cancels what is left of main and returns, so the process
-  exits with status 0;
-* :meth:`Lifecycle.stop_on_signals` does the same inside a loop the application
-  runs itself.
+  ``shutdown_timeout``), lets main end (cancelling it if it does not within half a
+  second) and returns, so the process exits with status 0;
+* :meth:`Lifecycle.stop_on_signals` installs the same handlers in a loop the
+  application runs itself, and returns an event set once the manager is closed.
 
 A second signal while stopping is ignored (the first one's shutdown is bounded).
 """
@@ -35,6 +35,8 @@ _L = TypeVar("_L", bound="Lifecycle")
 
 #: What :meth:`Lifecycle.stop_on_signals` and :meth:`Lifecycle.run` stop on.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds main gets to end by itself once everything is closed, before it is cancelled.
+MAIN_GRACE = 0.5
 
 
 class Lifecycle(abc.ABC):
@@ -45,7 +47,6 @@ class Lifecycle(abc.ABC):
     #: The stop signal that came first (``None`` until one did).
     stopped_by: signal.Signals | None = None
     _stopping: asyncio.Task[None] | None = None
-    _finishing = False  # run() is closing after main ended: a signal no longer cancels it
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -57,21 +58,21 @@ class Lifecycle(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def stop_on_signals(self, signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
-        """On SIGTERM or SIGINT (or ``signals``): :meth:`aclose`, then cancel the task that called this.
+    def stop_on_signals(self, signals: Sequence[signal.Signals] = STOP_SIGNALS) -> asyncio.Event:
+        """On SIGTERM or SIGINT (or ``signals``): :meth:`aclose`; the event returned is set once it is done.
 
-        Call it from the application's main task, in the running event loop (POSIX:
-        ``loop.add_signal_handler``). :meth:`run` calls it for you.
+        Call it in the running event loop (POSIX: ``loop.add_signal_handler``); an
+        application that runs its own loop awaits ``event.wait()`` where it would
+        otherwise run forever. :meth:`run` does all of this.
         """
         loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
+        closed = asyncio.Event()
 
         async def stop() -> None:
             try:
                 await self.aclose()
             finally:
-                if main is not None and not main.done() and not self._finishing:
-                    main.cancel()
+                closed.set()
 
         def on_signal(sig: signal.Signals) -> None:
             if self.stopped_by is not None:
@@ -83,30 +84,33 @@ class Lifecycle(abc.ABC):
 
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig)
+        return closed
 
     def run(self, main: Awaitable[object] | Callable[[], Awaitable[object]]) -> None:
         """Run ``main`` (a coroutine, or a function returning one) until it returns or a stop signal comes.
 
         Owns the event loop (``asyncio.run``), like python-telegram-bot's ``run_polling``.
         On SIGTERM or SIGINT: no new clients, every client flushed and disconnected,
-        every lease released, within ``shutdown_timeout``; then ``main`` is cancelled
-        and this returns normally, so the process exits with status 0. When ``main``
+        every lease released, within ``shutdown_timeout``; then ``main`` gets half a
+        second to end by itself (its clients are closed) before it is cancelled, and
+        this returns normally, so the process exits with status 0. When ``main``
         returns (or raises), everything is closed the same way (and the error propagates).
         """
 
         async def runner() -> None:
-            self.stop_on_signals()
+            closed = self.stop_on_signals()
+            task = asyncio.ensure_future(main() if callable(main) else main)
+            stopped = asyncio.ensure_future(closed.wait())
             try:
-                await (main() if callable(main) else main)
-            except asyncio.CancelledError:
-                if self.stopped_by is None:
-                    raise
+                await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    await asyncio.wait({task}, timeout=MAIN_GRACE)
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # main's own error propagates
             finally:
-                self._finishing = True
+                stopped.cancel()
                 await self.aclose()
-                if self._stopping is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._stopping
             if self.stopped_by is not None:
                 log.info("stopped by %s", self.stopped_by.name)
 
