@@ -723,6 +723,7 @@ async def test_the_bots_own_session_is_leased_and_handed_over_at_once(
     a = _manager(managers, firestore_client, bot_id, fake)
     bot_a = fake.client(await asyncio.to_thread(config.create_bot_session), **API)
     await a.start_bot(bot_a, bot_token="4242:AAbotsecretbotsecretbotsecret")
+    assert bot_a.is_connected() and a.active_clients == 0  # kept, but not one of the users' clients
     doc = firestore_client.document(f"bots/{bot_id}/bot_session/session")
     assert parse_lease(doc.get().to_dict()["lease"]).holder == bot_a.session.store.fence.holder
     with pytest.raises(SessionInUseError):

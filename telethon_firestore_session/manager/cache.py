@@ -169,7 +169,8 @@ class ClientCache:
         self.evictions = {"lru": 0, "idle": 0, "lost_lease": 0, "handoff": 0}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The users' clients open (the bot's own is not one of them)."""
+        return len(self._entries) - (BOT in self._entries)
 
     def __contains__(self, user_id: object) -> bool:
         return user_id in self._entries
@@ -418,15 +419,12 @@ class ClientCache:
 
     async def enforce_limit(self) -> None:
         """Close least recently used clients above ``max_active_clients`` (never one whose lock is held)."""
-        while len(self._entries) > self._settings.max_active_clients:
+        while len(self) > self._settings.max_active_clients:
             victim = next((e for uid, e in self._entries.items() if not e.pinned and not self.busy(uid)), None)
             if victim is None:
                 return  # every client is busy; the next call tries again
             async with self.lock(victim.user_id):
-                if (
-                    self._entries.get(victim.user_id) is victim
-                    and len(self._entries) > self._settings.max_active_clients
-                ):
+                if self._entries.get(victim.user_id) is victim and len(self) > self._settings.max_active_clients:
                     self.evictions["lru"] += 1
                     await self.close(victim)
 
