@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
+    "HANDOFF_POLL",
     "FirestoreLease",
     "LeaseInfo",
     "make_holder_id",
@@ -96,6 +97,8 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 60.0
 
 _CAS_ATTEMPTS = 8
+#: Seconds between the attempts of an instance waiting for a hand-over (about 4 reads a second).
+HANDOFF_POLL = 0.25
 #: The fields that say who holds a session: read by renewal, release and fencing.
 _LEASE_FIELDS = ["lease", "lease_epoch"]
 
@@ -199,8 +202,11 @@ class FirestoreLease:
         self.failed_renewals = 0
         #: Renewal writes refused because the document changed after it was read (then retried).
         self.conflicts = 0
-        #: Writes of the session refused by fencing, and records dropped with them.
+        #: Writes of the session refused by fencing.
         self.fenced_writes = 0
+        #: The last refusal of :meth:`try_acquire`, and the holder it asked to hand over.
+        self.refused: SessionInUseError | None = None
+        self._asked: str | None = None
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else ("held" if self.expires_at is not None else "free")
@@ -301,28 +307,37 @@ class FirestoreLease:
             self.last_error = None
         return True
 
-    def acquire_waiting(
-        self, handoff_timeout: float, *, stop: Callable[[], bool] | None = None, poll: float = 0.25
-    ) -> bool:
-        """:meth:`acquire`, asking a live holder to hand the session over and waiting up to ``handoff_timeout``.
+    def try_acquire(self, *, ask: bool = True) -> bool | None:
+        """One attempt of a waiting acquirer: :meth:`acquire`'s answer, or ``None`` while another instance holds it.
 
-        Tries again every ``poll`` seconds; a new holder is asked once. Gives up early
-        when ``stop()`` is true. Blocks (run it off the event loop).
+        With ``ask``, that holder is asked to hand the session over (once per holder).
+        :attr:`refused` keeps the last refusal. Blocks (run it off the event loop).
+        """
+        try:
+            return self.acquire()
+        except SessionInUseError as exc:
+            self.refused = exc
+            if ask and exc.holder is not None and exc.holder != self._asked:
+                self.request_handoff(exc.holder)
+                self._asked = exc.holder
+            return None
+
+    def acquire_waiting(self, handoff_timeout: float) -> bool:
+        """:meth:`try_acquire` every ``HANDOFF_POLL`` seconds for up to ``handoff_timeout`` (0: once, without asking).
 
         :raises SessionInUseError: still held by another instance after ``handoff_timeout`` seconds.
         """
         deadline = time.monotonic() + handoff_timeout
-        asked: str | None = None
-        while True:
-            try:
-                return self.acquire()
-            except SessionInUseError as exc:
-                if time.monotonic() >= deadline or (stop is not None and stop()):
-                    raise
-                if exc.holder is not None and exc.holder != asked:
-                    self.request_handoff(exc.holder)
-                    asked = exc.holder
-            time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+        while (acquired := self.try_acquire(ask=handoff_timeout > 0)) is None:
+            if time.monotonic() >= deadline:
+                raise self.refusal()
+            time.sleep(max(0.0, min(HANDOFF_POLL, deadline - time.monotonic())))
+        return acquired
+
+    def refusal(self) -> SessionInUseError:
+        """The last :class:`SessionInUseError` of :meth:`try_acquire` (to raise once the caller stops waiting)."""
+        assert self.refused is not None
+        return self.refused
 
     def request_handoff(self, holder: str) -> None:
         """Ask ``holder``, which holds the lease, to hand the session over to us (bounded by ``rpc_timeout``).
@@ -519,8 +534,10 @@ def watch_handoffs(
 
     One query listener (google-cloud-firestore's ``on_snapshot``, on its own thread):
     ``handoff.from == holder``. It costs one read when it starts (and when its stream
-    is resumed after a long disconnection) plus one per request. ``on_request`` is
-    called from the listener's thread. Returns the function that stops it.
+    is resumed after a long disconnection) plus one per change of a requested session
+    until it is handed over (the request, the holder's last writes). ``on_request`` is
+    called from the listener's thread, maybe more than once per request. Returns the
+    function that stops it.
     """
     from google.cloud.firestore_v1.base_query import FieldFilter
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from telethon_firestore_session.errors import ConfigError, SessionClosedError, SessionError
+from telethon_firestore_session.firestore.lease import HANDOFF_POLL
 from telethon_firestore_session.writer import BackgroundWriter
 
 if TYPE_CHECKING:
@@ -235,9 +236,7 @@ class ClientCache:
         uid = record.user_id
         settings = self._settings
         lease = self._directory.new_lease(uid, holder=settings.holder_id, ttl=settings.lease_ttl)
-        if lease is not None and not await asyncio.to_thread(
-            lease.acquire_waiting, settings.handoff_timeout, stop=lambda: self._closed
-        ):
+        if lease is not None and not await self._acquire(lease):
             return None  # deleted meanwhile
         session: SessionCore | None = None
         client: Any = None
@@ -298,6 +297,16 @@ class ClientCache:
                 await self.close(entry)
         await self.enforce_limit()
         return client
+
+    async def _acquire(self, lease: FirestoreLease) -> bool:
+        """Take the lease, asking a live holder to hand it over; waits up to ``handoff_timeout``, holding no thread."""
+        timeout = self._settings.handoff_timeout
+        deadline = time.monotonic() + timeout
+        while (acquired := await asyncio.to_thread(lease.try_acquire, ask=timeout > 0)) is None:
+            if time.monotonic() >= deadline or self._closed:
+                raise lease.refusal()
+            await asyncio.sleep(HANDOFF_POLL)
+        return acquired
 
     def _add(self, entry: OpenClient) -> None:
         self._entries[entry.user_id] = entry
