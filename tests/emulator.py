@@ -126,9 +126,23 @@ class Emulator:
         _request("DELETE", f"{self.url}/emulator/v1/projects/{project}/databases/(default)/documents")
 
     def pause(self) -> None:
-        """Freeze the JVM (SIGSTOP): RPCs hang until :meth:`resume`."""
+        """Freeze the JVM (SIGSTOP): RPCs hang until :meth:`resume`.
+
+        ``kill`` returns before every thread has stopped; a busy JVM (a listener's stream
+        open) may still answer a request meanwhile, so wait until all its threads show it.
+        """
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + 5.0
+        while tasks.is_dir() and time.monotonic() < deadline:
+            states = []
+            for stat in tasks.glob("*/stat"):
+                with contextlib.suppress(OSError):
+                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            if all(state in ("T", "t") for state in states):
+                return
+            time.sleep(0.01)
 
     def resume(self) -> None:
         assert self.process is not None

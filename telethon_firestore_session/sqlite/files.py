@@ -4,6 +4,7 @@ Layout::
 
     {sessions_dir}/{bot_id}/                 0700
         user_{user_id}.session    0600       Telethon's schema (see :mod:`.schema`), locked while open
+        bot.session               0600       the bot's own session (same schema; not in metadata.json)
         metadata.json             0600       one entry per user (below)
         metadata.lock                        serialises metadata.json writers across processes
 
@@ -44,7 +45,7 @@ from telethon_firestore_session.errors import (
     SessionInUseError,
     SessionStoreError,
 )
-from telethon_firestore_session.ids import SessionKey, validate_id
+from telethon_firestore_session.ids import BotSessionKey, SessionKey, validate_id
 
 try:
     import fcntl
@@ -159,13 +160,14 @@ def bot_dir(sessions_dir: str | os.PathLike[str], bot_id: object) -> tuple[Path,
 
 
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
-    """``{sessions_dir}/{bot_id}/user_{user_id}.session`` (absolute).
+    """``{sessions_dir}/{bot_id}/user_{user_id}.session`` (absolute); ``bot.session`` for a :class:`BotSessionKey`.
 
     :raises InvalidSessionIdError: if an id is invalid, the bot directory (through a
         symbolic link) lies outside ``sessions_dir``, or the session file is a symbolic link.
     """
     _, directory = bot_dir(sessions_dir, key.bot_id)
-    path = directory / f"user_{key.user_id}{SESSION_SUFFIX}"
+    name = f"bot{SESSION_SUFFIX}" if isinstance(key, BotSessionKey) else f"user_{key.user_id}{SESSION_SUFFIX}"
+    path = directory / name
     if path.is_symlink():
         raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
     return path
