@@ -7,14 +7,14 @@ Run it with the variables of the README's environment table, for example::
 
 Locally the users' sessions are files under ``sessions/mybot_local/``; on Render
 (or with ``USE_LOCAL_STORAGE=false``) they live in Firestore, and a restart finds
-every user still logged in. ``handle()`` is the whole bot; the test suite runs it
-against the local default (tests/test_manager.py), with Telegram played by a test
-double at the client's RPC boundary.
+every user, and the bot itself, still logged in. ``handle()`` is the whole bot; the
+test suite runs it against the local default (tests/test_manager.py), and runs
+``main()``'s pattern (bot session, ``start_bot``, ``run``, SIGTERM) in a child
+process, with Telegram played by a test double at the client's RPC boundary.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -24,6 +24,7 @@ from telethon_firestore_session import (
     LoginStatus,
     SessionConfig,
     UserSessionManager,
+    create_bot_session,
     create_user_session_manager_from_config,
     log_deployment_info,
 )
@@ -76,22 +77,30 @@ async def handle(manager: UserSessionManager, user_id: int, text: str) -> str:
     return "Commands: /start /login /code /password /me /dialogs /logout"
 
 
-async def main() -> None:
+def main() -> None:
     logging.basicConfig(level=logging.INFO)
     config = SessionConfig.from_env()  # fails here, at start-up, on a bad or missing variable
     log_deployment_info(config)
-    if config.bot_token is None or config.api_id is None or config.api_hash is None:
+    token = config.bot_token
+    if token is None or config.api_id is None or config.api_hash is None:
         raise SystemExit("set BOT_TOKEN, API_ID and API_HASH to run the bot")
-    bot = TelegramClient(None, config.api_id, config.api_hash)  # the bot's own session is in memory
-    async with create_user_session_manager_from_config(config) as manager:
+    manager = create_user_session_manager_from_config(config)
+    # The bot's own session, next to its users' and leased like theirs: a restart keeps its login,
+    # and catch_up fetches what was sent while it was down. At a deploy the old instance hands it over.
+    bot = TelegramClient(create_bot_session(config), config.api_id, config.api_hash, catch_up=True)
 
-        @bot.on(events.NewMessage(incoming=True, func=lambda e: e.is_private))
-        async def on_message(event: events.NewMessage.Event) -> None:
-            await event.reply(await handle(manager, event.sender_id, event.raw_text))
+    @bot.on(events.NewMessage(incoming=True, func=lambda e: e.is_private))
+    async def on_message(event: events.NewMessage.Event) -> None:
+        await event.reply(await handle(manager, event.sender_id, event.raw_text))
 
-        await bot.start(bot_token=config.bot_token)
-        await bot.run_until_disconnected()
+    async def serve() -> None:
+        await manager.start_bot(bot, bot_token=token)  # logs in only if the stored session is not
+        await bot.run_until_disconnected()  # until SIGTERM/SIGINT, or until a new instance takes the bot over
+
+    # On SIGTERM (Render's stop) or SIGINT (Ctrl-C): every client flushed and disconnected, every
+    # lease released, within the manager's shutdown_timeout (20 s); then the process exits with 0.
+    manager.run(serve)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

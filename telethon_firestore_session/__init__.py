@@ -8,7 +8,8 @@ The public API, by layer (each documented in the README):
   backend implements;
 * encryption at rest: :class:`SessionCipher`, :func:`generate_key`;
 * the environment factory: :class:`SessionConfig`, :func:`create_session`,
-  :func:`get_deployment_info`, :func:`log_deployment_info`, :func:`is_render`;
+  :func:`create_bot_session` (the bot's own session), :func:`get_deployment_info`,
+  :func:`log_deployment_info`, :func:`is_render`;
 * per-user clients: :class:`UserSessionManager`, :func:`create_user_session_manager_from_config`;
 * migration: :func:`copy_session` (any Telethon session to any other);
 * errors: :class:`SessionError` and its subclasses (see :mod:`.errors`).
@@ -16,7 +17,14 @@ The public API, by layer (each documented in the README):
 
 from __future__ import annotations
 
-from .config import SessionConfig, create_session, get_deployment_info, is_render, log_deployment_info
+from .config import (
+    SessionConfig,
+    create_bot_session,
+    create_session,
+    get_deployment_info,
+    is_render,
+    log_deployment_info,
+)
 from .core import SessionCore, Store
 from .crypto import SessionCipher, generate_key
 from .errors import (
@@ -72,6 +80,7 @@ __all__ = [
     "WriterStats",
     "__version__",
     "copy_session",
+    "create_bot_session",
     "create_session",
     "create_user_session_manager_from_config",
     "generate_key",

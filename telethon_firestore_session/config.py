@@ -18,7 +18,8 @@ Which backend:
    is wiped on every deploy and restart.
 3. Otherwise: per-user SQLite files under ``SESSIONS_DIR`` (default ``sessions``).
 
-:func:`create_session` returns the session for one user from that decision;
+:func:`create_session` returns the session for one user from that decision,
+:func:`create_bot_session` the bot's own session (leased, see its docstring);
 :func:`get_deployment_info` and :func:`log_deployment_info` say what was decided
 and why, with every secret masked.
 """
@@ -30,15 +31,17 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from .crypto import SessionCipher
-from .errors import ConfigError, InvalidSessionIdError
-from .ids import validate_id
+from .errors import ConfigError, InvalidSessionIdError, SessionInUseError
+from .ids import BotSessionKey, validate_id
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -52,6 +55,7 @@ __all__ = [
     "BACKEND_SQLITE",
     "RENDER_VARIABLES",
     "SessionConfig",
+    "create_bot_session",
     "create_session",
     "default_config",
     "get_deployment_info",
@@ -158,6 +162,8 @@ class _Backend(NamedTuple):
     directory: Callable[..., SessionDirectory]
     #: ``rotate(bot_id, cipher, user_id=, encrypt_pii=)``: re-seal with the current key.
     rotate: Callable[..., int]
+    #: ``bot_session(bot_id, holder=, lease_ttl=, handoff_timeout=, **options)``: the bot's own session.
+    bot_session: Callable[..., FirestoreSession | ScopedSQLiteSession]
 
 
 def _backend(name: str, sessions_dir: str | os.PathLike[str], client: Callable[[], firestore.Client]) -> _Backend:
@@ -172,6 +178,7 @@ def _backend(name: str, sessions_dir: str | os.PathLike[str], client: Callable[[
     if name == BACKEND_FIRESTORE:
         from .firestore import FirestoreSession, rotate_firestore_sessions
         from .firestore.directory import FirestoreDirectory
+        from .firestore.lease import open_bot_session
 
         def session(user_id: str | int, **options: Any) -> FirestoreSession:
             options["client"] = options.get("client") or client()
@@ -181,16 +188,29 @@ def _backend(name: str, sessions_dir: str | os.PathLike[str], client: Callable[[
             session=session,
             directory=lambda bot_id, **o: FirestoreDirectory(client(), bot_id, **o),
             rotate=lambda bot_id, cipher, **o: rotate_firestore_sessions(client(), bot_id, cipher, **o),
+            bot_session=lambda bot_id, **o: open_bot_session(o.pop("client", None) or client(), bot_id, **o),
         )
     if name == BACKEND_SQLITE:
         from .sqlite import ScopedSQLiteSession, rotate_sqlite_sessions
         from .sqlite.directory import SQLiteDirectory
+
+        def bot_session(bot_id: str, *, handoff_timeout: float, holder: str, lease_ttl: float, **o: Any) -> Any:
+            # The file lock is the lease (holder and TTL do not apply): wait for a process that is stopping.
+            deadline = time.monotonic() + handoff_timeout
+            while True:
+                try:
+                    return ScopedSQLiteSession(BotSessionKey(bot_id), bot_id=bot_id, sessions_dir=sessions_dir, **o)
+                except SessionInUseError:
+                    if time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.2)
 
         return _Backend(
             session=lambda user_id, **o: ScopedSQLiteSession(user_id, **{"sessions_dir": sessions_dir, **o}),
             # rpc_timeout and owns_client concern a Firestore client; files have neither.
             directory=lambda bot_id, rpc_timeout, owns_client, **o: SQLiteDirectory(sessions_dir, bot_id, **o),
             rotate=lambda bot_id, cipher, **o: rotate_sqlite_sessions(sessions_dir, bot_id, cipher, **o),
+            bot_session=bot_session,
         )
     raise ConfigError("backend", f"must be 'sqlite' or 'firestore', not {name!r}")
 
@@ -458,6 +478,23 @@ class SessionConfig:
         kwargs = {**self.session_options(), **options}
         return self._backend().session(user_id, bot_id=self.bot_id, **kwargs)
 
+    def create_bot_session(
+        self, *, handoff_timeout: float = 15.0, lease_ttl: float = 60.0, **options: Any
+    ) -> FirestoreSession | ScopedSQLiteSession:
+        """The bot's own session in this configuration's backend; see :func:`create_bot_session`."""
+        kwargs = {**self.session_options(), **options}
+        backend = self._backend()
+        return backend.bot_session(
+            self.bot_id, holder=self.holder_id(), lease_ttl=lease_ttl, handoff_timeout=handoff_timeout, **kwargs
+        )
+
+    def holder_id(self) -> str:
+        """A new name for a lease holder of this instance: ``{instance_id}:{pid}:{random}``.
+
+        ``instance_id`` is ``RENDER_INSTANCE_ID`` on Render, else the host name.
+        """
+        return f"{self.instance_id or socket.gethostname() or 'host'}:{os.getpid()}:{secrets.token_hex(4)}"
+
     def directory(
         self, *, firestore_client: firestore.Client | None = None, rpc_timeout: float = 10.0, owns_client: bool = False
     ) -> SessionDirectory:
@@ -627,6 +664,38 @@ def create_session(
     :raises InvalidSessionIdError: for a ``user_id`` that could escape its place.
     """
     return (config or default_config()).create_session(user_id, **options)
+
+
+def create_bot_session(
+    config: SessionConfig | None = None, *, handoff_timeout: float = 15.0, lease_ttl: float = 60.0, **options: Any
+) -> FirestoreSession | ScopedSQLiteSession:
+    """The bot's own Telethon session, stored next to its users' but outside their namespace.
+
+    ``TelegramClient(create_bot_session(), api_id, api_hash, catch_up=True)`` keeps the
+    bot's auth key, DC and update state across restarts, so a restart neither logs
+    the bot in again nor misses the updates sent while it was down (``catch_up``).
+
+    * Firestore: ``bots/{bot_id}/bot_session/session`` (with ``entities`` and
+      ``sent_files``; ``firestore.rules`` denies clients all of it). The session is
+      leased before it is read: while another live instance holds it, that instance
+      is asked to hand it over (it does so at once when it runs
+      :meth:`UserSessionManager.start_bot`), and this waits up to ``handoff_timeout``
+      seconds. The lease (``lease_ttl``) is renewed by the background writer, fences
+      the session's writes and is released when the session closes (the client's
+      ``disconnect()``).
+    * SQLite: ``{sessions_dir}/{bot_id}/bot.session``, locked while open; a lock held by
+      another process is waited for up to ``handoff_timeout`` seconds (a process that is
+      stopping releases it), without asking.
+
+    Blocks (call it before the event loop starts, or accept the wait). ``options`` go to
+    the session class, as in :func:`create_session`.
+
+    :raises SessionInUseError: still held elsewhere after ``handoff_timeout``.
+    :raises ConfigError: for a missing or invalid setting.
+    """
+    return (config or default_config()).create_bot_session(
+        handoff_timeout=handoff_timeout, lease_ttl=lease_ttl, **options
+    )
 
 
 def get_deployment_info(config: SessionConfig | None = None) -> dict[str, Any]:

@@ -828,6 +828,26 @@ class SessionCore(Session):  # type: ignore[misc]
         self._persisted = EMPTY_HEADER
         return True
 
+    def reset(self) -> None:
+        """Start afresh after :meth:`delete`: an empty session on the same store, usable again.
+
+        Everything held in memory is dropped and the store is loaded again (empty
+        after ``delete()``), as if the object had just been created. Used to replace a
+        session in place (``copy_session(..., overwrite=True)``).
+        """
+        SessionCore.__init__(
+            self,
+            self._store,
+            flush_interval=self._flush_interval,
+            close_timeout=self._close_timeout,
+            writer=self._writer,
+        )
+
+    @property
+    def where(self) -> str:
+        """Where the session is stored, for messages (``firestore:...``, ``sqlite:...``, or ``memory``)."""
+        return self._store.where if self._store is not None else "memory"
+
     def clone(self, to_instance: Session | None = None) -> Session:
         """An unbound in-memory copy of the connection data (used for CDN clients).
 

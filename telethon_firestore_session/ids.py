@@ -54,3 +54,19 @@ class SessionKey:
 
     def __str__(self) -> str:
         return f"{self.bot_id}/{self.user_id}"
+
+
+class BotSessionKey(SessionKey):
+    """The bot's own session, outside its users' namespace (see ``create_bot_session``).
+
+    Firestore keeps it in ``bots/{bot_id}/bot_session/session``, SQLite in
+    ``{sessions_dir}/{bot_id}/bot.session``. ``str()`` is ``{bot_id}#bot``, which no
+    user's key can be (``#`` is not allowed in ids), so a value sealed for the bot
+    never opens as a user's.
+    """
+
+    def __init__(self, bot_id: object) -> None:
+        super().__init__(bot_id, "bot")
+
+    def __str__(self) -> str:
+        return f"{self.bot_id}#bot"

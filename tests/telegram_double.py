@@ -29,9 +29,14 @@ store under the client are never faked.
 username, optional 2FA password), login codes bound to the auth key that asked
 for them (a code is valid for ``code_ttl`` seconds; using it from another auth
 key gives ``PHONE_CODE_EXPIRED``, as this double models it), and which auth key
-is logged in as whom. ``save()``/``load()`` carry that state to another process,
-so a test can check that a fresh process with the stored auth key is still
-logged in.
+is logged in as whom. Bots (:meth:`FakeTelegram.add_bot`) log in with their token
+(``auth.ImportBotAuthorization``). The account's update state is one ``pts``
+counter (``updates.GetState``); ``updates.GetDifference`` records the ``pts`` it
+was asked from in ``differences``, which shows a restarted client catching up
+from its stored state. ``events`` records when each sender connected and
+disconnected (wall clock, comparable across processes). ``save()``/``load()``
+carry that state to another process, so a test can check that a fresh process
+with the stored auth key is still logged in.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class Account:
     username: str | None = None
     access_hash: int = dataclasses.field(default_factory=lambda: secrets.randbits(63))
     password: str | None = None
+    #: A bot: logs in with ``bot_token`` (``{user_id}:{secret}``), never with a code.
+    bot_token: str | None = None
     # SRP: the verifier v = g^x mod p for the password, and the salts it was made with.
     salt1: bytes = dataclasses.field(default_factory=lambda: os.urandom(40))
     salt2: bytes = dataclasses.field(default_factory=lambda: os.urandom(16))
@@ -92,7 +99,9 @@ class Account:
             access_hash=self.access_hash,
             first_name=self.first_name,
             username=self.username,
-            phone=self.phone,
+            phone=None if self.bot_token else self.phone,
+            bot=self.bot_token is not None,
+            bot_info_version=1 if self.bot_token else None,
         )
 
     def algo(self) -> types.PasswordKdfAlgoSHA256SHA256PBKDF2HMACSHA512iter100000SHA256ModPow:
@@ -137,6 +146,12 @@ class FakeTelegram:
         self.connects = 0
         #: Raise FloodWaitError(seconds) for SendCode on these phones.
         self.flood: dict[str, int] = {}
+        #: The accounts' update state (one counter for all): what GetState answers.
+        self.pts = 1
+        #: The ``pts`` of every GetDifference request, in order.
+        self.differences: list[int] = []
+        #: ``(what, wall-clock time)`` for every sender ``"connect"`` and ``"disconnect"``.
+        self.events: list[tuple[str, float]] = []
 
     # -- setting up ------------------------------------------------------------------------------
 
@@ -153,6 +168,14 @@ class FakeTelegram:
         assert number, phone
         account = Account(user_id=user_id, phone=number, first_name=first_name, username=username, password=password)
         self.accounts[number] = account
+        return account
+
+    def add_bot(self, token: str, *, username: str) -> Account:
+        """A bot account; ``token`` is ``{user id}:{secret}`` as @BotFather gives it."""
+        user_id = int(token.split(":", 1)[0])
+        account = Account(user_id=user_id, phone=f"bot{user_id}", first_name=username, username=username)
+        account.bot_token = token
+        self.accounts[account.phone] = account
         return account
 
     def last_code(self, phone: str) -> str:
@@ -194,11 +217,13 @@ class FakeTelegram:
                     "password": a.password,
                     "salt1": a.salt1.hex(),
                     "salt2": a.salt2.hex(),
+                    "bot_token": a.bot_token,
                 }
                 for a in self.accounts.values()
             ],
             "codes": {h: dataclasses.asdict(c) for h, c in self.codes.items()},
             "authorizations": {str(k): v for k, v in self.authorizations.items()},
+            "pts": self.pts,
         }
         Path(path).write_text(json.dumps(data), encoding="utf-8")
 
@@ -216,10 +241,12 @@ class FakeTelegram:
                 password=a["password"],
                 salt1=bytes.fromhex(a["salt1"]),
                 salt2=bytes.fromhex(a["salt2"]),
+                bot_token=a.get("bot_token"),
             )
             fake.accounts[account.phone] = account
         fake.codes = {h: _Code(**c) for h, c in data["codes"].items()}
         fake.authorizations = {int(k): v for k, v in data["authorizations"].items()}
+        fake.pts = data.get("pts", 1)
         return fake
 
     # -- answering ---------------------------------------------------------------------------------
@@ -272,10 +299,16 @@ class FakeTelegram:
             return result
         if isinstance(request, functions.updates.GetStateRequest):
             self._me(key_id, request)
-            return types.updates.State(pts=1, qts=0, date=now, seq=1, unread_count=0)
+            return types.updates.State(pts=self.pts, qts=0, date=now, seq=1, unread_count=0)
         if isinstance(request, functions.updates.GetDifferenceRequest):
             self._me(key_id, request)
+            self.differences.append(request.pts)
             return types.updates.DifferenceEmpty(date=now, seq=1)
+        if isinstance(request, functions.auth.ImportBotAuthorizationRequest):
+            bot = next((a for a in self.accounts.values() if a.bot_token == request.bot_auth_token), None)
+            if bot is None:
+                raise errors.AccessTokenInvalidError(request=request)
+            return self._authorize(key_id, bot)
         if isinstance(request, functions.auth.SendCodeRequest):
             return self._send_code(key_id, request.phone_number, request)
         if isinstance(request, functions.auth.ResendCodeRequest):
@@ -446,6 +479,7 @@ class DoubleSender:
         self._user_connected = True
         self._disconnected = asyncio.get_running_loop().create_future()
         self._telegram.connects += 1
+        self._telegram.events.append(("connect", time.time()))
         return True
 
     def is_connected(self) -> bool:
@@ -455,6 +489,8 @@ class DoubleSender:
         return self._user_connected
 
     async def disconnect(self) -> None:
+        if self._user_connected:
+            self._telegram.events.append(("disconnect", time.time()))
         self._user_connected = False
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)

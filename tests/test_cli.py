@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -33,6 +34,7 @@ from telethon.sessions import SQLiteSession, StringSession
 
 from telethon_firestore_session import FirestoreSession
 from telethon_firestore_session.crypto import SessionCipher, is_sealed
+from telethon_firestore_session.firestore import security_rules
 from telethon_firestore_session.migrate import (
     LEGACY_BACKUP_FIELD,
     LEGACY_FIELD,
@@ -246,6 +248,27 @@ def test_usage_and_configuration_errors_exit_2(cli: Cli) -> None:
     assert not cli.sessions_dir.exists()  # none of them created anything
 
 
+def test_rules_prints_the_firestore_security_rules(cli: Cli) -> None:
+    text, as_json = cli.many(["rules"], ["rules", "--json"], env={"BOT_ID": None})  # needs no configuration
+    assert text.rc == 0 and text.stderr == ""
+    assert text.stdout == security_rules().rstrip("\n") + "\n"
+    assert "allow read, write: if false" in text.stdout
+    assert as_json.rc == 0 and as_json.json() == {"rules": security_rules()}
+
+
+def test_the_readme_lists_every_command() -> None:
+    import argparse
+
+    from telethon_firestore_session.cli import GROUPS
+
+    commands: list[str] = []
+    for group in GROUPS:
+        group.add_commands(lambda name, func, help_: commands.append(name) or argparse.ArgumentParser())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([a-z-]+)", readme, flags=re.MULTILINE))
+    assert "rules" in commands and set(commands) <= listed, sorted(set(commands) - listed)
+
+
 # -- local: import a directory, re-run, overwrite, export -----------------------------------------
 
 
@@ -455,6 +478,7 @@ def test_doctor_local_reports_locks_modes_and_keys(cli: Cli, bot_id: str, tmp_pa
     assert "[WARN] encryption" in doctor.stdout and "keygen" in doctor.stdout
     assert show.rc == 1 and "in use" in show.stderr
     assert (bot_dir / "user_100.session").exists()
+    assert "rules:" not in doctor.stdout  # the security-rules reminder is for the Firestore backend
 
     # Firestore configured but not reachable: a failure with its fix.
     down = cli("doctor", "--backend", "firestore", "--json", env={"FIRESTORE_EMULATOR_HOST": "127.0.0.1:9"})
@@ -478,6 +502,9 @@ def test_import_seed_format_documents(cli: Cli, bot_id: str, tmp_path: Path, fir
 
     before = cli("doctor", "--backend", "firestore")
     assert before.rc == 0 and "[WARN] legacy" in before.stdout and "import --legacy" in before.stdout
+    # A reminder that the server library bypasses security rules, pointing at the command that prints them.
+    assert "[info] rules: this library bypasses security rules" in before.stdout
+    assert "fix: deploy the rules that `telethon-firestore-session rules` prints" in before.stdout
 
     first = cli("--backend", "firestore", "import", "--legacy", "--json")
     assert first.rc == 1

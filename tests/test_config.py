@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from telethon.crypto import AuthKey
 
-from telethon_firestore_session import ConfigError, FirestoreSession, SessionCipher
+from telethon_firestore_session import ConfigError, FirestoreSession, SessionCipher, SessionInUseError
 from telethon_firestore_session.config import (
     SessionConfig,
+    create_bot_session,
     create_session,
     default_config,
     get_deployment_info,
@@ -28,7 +30,7 @@ from telethon_firestore_session.config import (
     open_directory,
 )
 from telethon_firestore_session.manager import UserSessionManager
-from telethon_firestore_session.sqlite import ScopedSQLiteSession
+from telethon_firestore_session.sqlite import ScopedSQLiteSession, read_metadata
 from tests.common import clean_env
 from tests.leaks import assert_absent
 
@@ -313,6 +315,32 @@ def test_create_session_local_sealed(tmp_path: Path) -> None:
     again = create_session("77", config)
     assert again.auth_key is not None and again.auth_key.key == AUTH
     again.close()
+
+
+def test_the_bots_own_session_is_a_locked_file_outside_the_users(tmp_path: Path) -> None:
+    config = SessionConfig.from_env(env(SESSIONS_DIR=str(tmp_path), SESSION_ENCRYPTION_KEY=ENC_KEY))
+    user = create_session("bot", config)  # a user may be called "bot": another file, another seal
+    user.auth_key = AuthKey(AUTH)
+    user.save()
+    user.close()
+    bot = create_bot_session(config)
+    assert isinstance(bot, ScopedSQLiteSession) and bot.path == (tmp_path / "mybot" / "bot.session").resolve()
+    assert bot.auth_key is None  # not user "bot"'s
+    bot.auth_key = AuthKey(bytes(reversed(AUTH)))
+    bot.save()
+    assert_absent((tmp_path / "mybot" / "bot.session").read_bytes(), auth_key=bytes(reversed(AUTH)))  # sealed
+    with pytest.raises(SessionInUseError):
+        create_bot_session(config, handoff_timeout=0.3)  # locked while open: waited for, then refused
+    closer = threading.Timer(0.3, bot.close)
+    closer.start()
+    again = create_bot_session(config)  # waits for the lock of a process that is stopping
+    closer.join()
+    try:
+        assert again.auth_key is not None and again.auth_key.key == bytes(reversed(AUTH))
+    finally:
+        again.close()
+    listed = [u.user_id for u in config.directory().list_users()]
+    assert listed == ["bot"] and set(read_metadata(tmp_path, "mybot")) == {"bot"}  # the user, not the bot
 
 
 @pytest.mark.firestore

@@ -8,6 +8,7 @@ with its RPC sender swapped).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import os
@@ -21,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from telethon.tl import types
 
-from telethon_firestore_session import BackgroundWriter
-from telethon_firestore_session.errors import SessionInUseError, SessionStoreError
-from telethon_firestore_session.firestore import session_document
+from telethon_firestore_session import BackgroundWriter, SessionConfig
+from telethon_firestore_session.errors import (
+    ConfigError,
+    SchemaVersionError,
+    SessionCorruptError,
+    SessionInUseError,
+    SessionStoreError,
+)
+from telethon_firestore_session.firestore import FirestoreSession, session_document
 from telethon_firestore_session.firestore.lease import FirestoreLease, make_holder_id, parse_lease
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.manager import LoginStatus, UserSessionManager
@@ -53,6 +61,7 @@ def _stored_lease(client: Any, bot_id: str) -> Any:
 def fake() -> FakeTelegram:
     tg = FakeTelegram()
     tg.add_account(PHONE, user_id=1001, first_name="Alice", username="alice")
+    tg.add_account("+1 555 0300", user_id=1003, first_name="Carol", username="carol")
     return tg
 
 
@@ -98,12 +107,13 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost(firest
     _doc(firestore_client, bot_id).set({"schema_version": 1})
     a = _lease(firestore_client, bot_id, "host:1:a", ttl=0.5)
     b = _lease(firestore_client, bot_id, "host:2:b")
-    assert a.acquire()
+    assert a.acquire() and a.held()
     time.sleep(0.6)
     assert b.acquire()
+    # Past its deadline the old holder counts the lease as lost before asking Firestore (fencing).
     assert a.renew() is False
-    assert a.lost and a.lost_to is not None and a.lost_to.holder == "host:2:b"
-    assert a.state()["lost"] and a.state()["lost_to"] == "host:2:b" and not a.state()["held"]
+    assert a.lost and not a.held() and a.renewals == 0
+    assert a.state()["lost"] and not a.state()["held"]
     a.release()  # a lost lease is not released: b keeps it
     assert _stored_lease(firestore_client, bot_id).holder == "host:2:b"
 
@@ -191,7 +201,7 @@ async def test_a_second_instance_gets_session_in_use_until_the_first_closes(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
     a = _manager(managers, firestore_client, bot_id, fake)
-    b = _manager(managers, firestore_client, bot_id, fake)
+    b = _manager(managers, firestore_client, bot_id, fake, handoff_timeout=0)  # never asks a to hand over
     client = await _log_in(a, fake)
     with pytest.raises(SessionInUseError) as info:
         await b.get_user_client("u1")
@@ -284,6 +294,8 @@ def holder_process() -> Iterator[list[subprocess.Popen[str]]]:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
+            if proc.stdin is not None:
+                proc.stdin.close()
             if proc.stdout is not None:
                 proc.stdout.close()
             if proc.stderr is not None:
@@ -331,7 +343,7 @@ async def test_two_processes_contend_and_a_killed_holder_is_taken_over_within_th
     proc, started = _start_holder(holder_process, "firestore", bot_id, tmp_path, state)
     assert started["me"] == 1001
 
-    b = _manager(managers, firestore_client, bot_id, fake)
+    b = _manager(managers, firestore_client, bot_id, fake, handoff_timeout=0)
     with pytest.raises(SessionInUseError) as info:
         await b.get_user_client("u1")
     assert info.value.holder == started["holder"]
@@ -405,3 +417,331 @@ async def test_health_check_reports_a_paused_emulator_as_unhealthy_without_raisi
     finally:
         paused.resume()
     assert (await m.health_check())["status"] in ("healthy", "degraded")
+
+
+# -- fencing: a holder that lost its lease writes nothing ---------------------------------------------
+
+PEER = types.contacts.ResolvedPeer(types.PeerUser(7), [], [types.User(7, access_hash=49, username="seven")])
+
+
+def _leased_session(
+    client: Any, bot_id: str, holder: str, ttl: float = 30.0
+) -> tuple[FirestoreSession, FirestoreLease]:
+    """A session of u1 whose writes are fenced by ``holder``'s lease, as the manager opens them."""
+    lease = _lease(client, bot_id, holder, ttl=ttl)
+    assert lease.acquire()
+    session = FirestoreSession("u1", bot_id=bot_id, client=client, flush_interval=60)
+    session.store.fence = lease
+    return session, lease
+
+
+@pytest.mark.firestore
+def test_the_store_refuses_a_stale_holders_writes(firestore_client: Any, bot_id: str) -> None:
+    """A frozen VM: its monotonic clock did not advance, so only the store can tell that the lease went."""
+    doc = _doc(firestore_client, bot_id)
+    doc.set({"schema_version": 1})
+    session, lease = _leased_session(firestore_client, bot_id, "host:1:a", ttl=60.0)
+    # Meanwhile the lease expired (as seen by the others) and another instance took it.
+    doc.update({"lease.expires_at": datetime.datetime.now(UTC) - datetime.timedelta(seconds=1)})
+    taker = _lease(firestore_client, bot_id, "host:2:b")
+    assert taker.acquire()
+    taken = doc.get()
+    assert lease.held()  # by its own clock the old holder still holds it
+    session.process_entities(PEER)
+    session.save()  # the changes go to the writer, whose commit is refused
+    assert session.wait_written(10)
+    assert list(doc.collection("entities").stream()) == []
+    assert lease.lost and lease.lost_to is not None and lease.lost_to.holder == "host:2:b"
+    assert lease.fenced_writes >= 1
+    session.set_dc(4, "149.154.167.91", 443)  # a header change is written through: refused with an error
+    with pytest.raises(SessionInUseError) as info:
+        session.save()
+    assert info.value.holder == "host:2:b"
+    with pytest.raises(SessionInUseError):
+        session.close()  # still unwritten: said again, never dropped in silence; and no release
+    assert doc.get().update_time == taken.update_time  # the new holder's document is untouched
+    assert _stored_lease(firestore_client, bot_id).holder == "host:2:b"
+
+
+@pytest.mark.firestore
+def test_fenced_writes_land_while_the_lease_is_ours_though_others_write_the_document(
+    firestore_client: Any, bot_id: str
+) -> None:
+    doc = _doc(firestore_client, bot_id)
+    doc.set({"schema_version": 1, "update_states": {"-1001": {"pts": 5, "qts": 0, "date": 0, "seq": 0}}})
+    session, lease = _leased_session(firestore_client, bot_id, "host:1:a")
+    doc.update({"handoff": {"from": "host:1:a", "to": "x"}})  # someone else's write: the precondition fails once
+    users = [types.User(1000 + i, access_hash=i, username=f"user{i}") for i in range(1200)]  # three commits
+    session.process_entities(types.contacts.ResolvedPeer(types.PeerUser(1000), [], users))
+    session.set_update_state(0, types.updates.State(9, 0, datetime.datetime.now(UTC), 2, 0))
+    assert session.flush(30)
+    data = doc.get().to_dict()
+    assert data["update_states"]["0"]["pts"] == 9 and data["update_states"]["-1001"]["pts"] == 5  # merged, not replaced
+    assert len(list(doc.collection("entities").select([]).stream())) == 1200
+    assert not lease.lost and lease.fenced_writes == 0
+    assert session.store.commits == 3
+    session.close()  # closing a leased session releases its lease
+    assert _stored_lease(firestore_client, bot_id) is None
+
+
+@pytest.mark.firestore
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"schema_version": 999, "auth_key": bytes(range(256))}, SchemaVersionError),
+        ({"schema_version": 1, "auth_key": "not bytes"}, SessionCorruptError),
+    ],
+    ids=["newer-schema", "auth-key-type"],
+)
+async def test_an_unreadable_document_stays_as_it_was(
+    managers: list[UserSessionManager],
+    firestore_client: Any,
+    bot_id: str,
+    fake: FakeTelegram,
+    fields: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    doc = _doc(firestore_client, bot_id)
+    doc.set({**fields, "registered_at": datetime.datetime(2024, 1, 1, tzinfo=UTC), "logged_in": True})
+    before = doc.get()
+    m = _manager(managers, firestore_client, bot_id, fake)
+    with pytest.raises(error):
+        await m.get_user_client("u1")
+    after = doc.get()
+    assert after.update_time == before.update_time and after.to_dict() == before.to_dict()
+    assert fake.connects == 0
+
+
+# -- hand-over between live instances ------------------------------------------------------------------
+
+
+@pytest.mark.firestore
+async def test_an_idle_client_is_handed_over_to_another_instance(
+    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
+) -> None:
+    a = _manager(managers, firestore_client, bot_id, fake, flush_interval=60)
+    b = _manager(managers, firestore_client, bot_id, fake)
+    client_a = await _log_in(a, fake)
+    bob = await client_a.get_entity("alice")  # pending in a's session (60 s flush interval)
+    await asyncio.sleep(a.handoff_grace)  # idle
+    start = time.monotonic()
+    client_b = await b.get_user_client("u1")
+    took = time.monotonic() - start
+    assert client_b is not None and took < 3.0, took
+    assert not client_a.is_connected() and a.active_clients == 0 and a.evictions["handoff"] == 1
+    # The old connection ended before the new one began: one connection per auth key at any time.
+    (last_disconnect,) = [t for what, t in fake.events if what == "disconnect"]
+    last_connect = max(t for what, t in fake.events if what == "connect")
+    assert last_disconnect < last_connect
+    assert _stored_lease(firestore_client, bot_id).holder == b.holder_id
+    assert "handoff" not in _doc(firestore_client, bot_id).get().to_dict()
+    stored = await asyncio.to_thread(client_b.session.get_input_entity, bob.id)  # written by a before it let go
+    assert stored.access_hash == bob.access_hash
+    assert (await client_b.get_me()).id == 1001
+
+
+@pytest.mark.firestore
+async def test_a_client_in_use_is_handed_over_only_once_idle(
+    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
+) -> None:
+    a = _manager(managers, firestore_client, bot_id, fake)
+    b = _manager(managers, firestore_client, bot_id, fake, handoff_timeout=1.5)
+    client_a = await _log_in(a, fake)
+
+    async def keep_busy(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await client_a.get_me()  # Telethon stamps every request: the client is in use
+            await asyncio.sleep(0.1)
+
+    busy = asyncio.create_task(keep_busy(2.5))
+    with pytest.raises(SessionInUseError):
+        await b.get_user_client("u1")
+    assert client_a.is_connected() and a.evictions["handoff"] == 0
+    await busy
+    b.handoff_timeout = 15.0
+    start = time.monotonic()
+    assert await b.get_user_client("u1") is not None
+    assert time.monotonic() - start < a.handoff_grace + 2.0
+    assert not client_a.is_connected() and a.evictions["handoff"] == 1
+
+
+# -- hand-over and fencing across processes ----------------------------------------------------------
+
+IDLE_HOLDER = """
+import asyncio, json, logging, sys
+
+from telethon_firestore_session.errors import SessionInUseError
+from telethon_firestore_session.manager import UserSessionManager
+from tests.telegram_double import FakeTelegram
+
+
+async def main() -> None:
+    bot_id, state, ttl, handoff = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    logging.basicConfig(level=logging.INFO)  # on stderr, which the test shows when it fails
+    fake = FakeTelegram.load(state)
+    manager = UserSessionManager(bot_id, backend="firestore", api_id=12345, api_hash="0123456789abcdef0123456789abcdef",
+                                 client_factory=fake.client, flush_interval=60, lease_ttl=ttl, handoff_timeout=handoff)
+    client = await manager.get_user_client("u1")
+    carol = await client.get_entity("carol")  # pending in memory: written when the client closes
+    print(json.dumps({"holder": manager.holder_id, "carol": [carol.id, carol.access_hash]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # the test's go
+    try:
+        again = await manager.get_user_client("u1")
+        result = "the same client" if again is client else "another client" if again else "none"
+    except SessionInUseError as exc:
+        result = f"in use by {exc.holder}"
+    report = {"events": fake.events, "connected": client.is_connected(), "again": result,
+              "evictions": manager.evictions}
+    print(json.dumps(report), flush=True)
+    await manager.aclose()
+
+
+asyncio.run(main())
+"""
+
+
+async def _logged_in_holder(
+    managers: list[UserSessionManager],
+    client: Any,
+    bot_id: str,
+    fake: FakeTelegram,
+    tmp_path: Path,
+    procs: list[subprocess.Popen[str]],
+    *,
+    ttl: float,
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Log u1 in here, then start IDLE_HOLDER on it (which never asks for a hand-over itself)."""
+    first = _manager(managers, client, bot_id, fake)
+    await _log_in(first, fake)
+    await first.aclose()
+    state = tmp_path / "telegram.json"
+    fake.save(state)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IDLE_HOLDER, bot_id, str(state), str(ttl), "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
+    procs.append(proc)
+    return proc, _read_line(proc)
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline() if proc.stdout else ""))
+    reader.start()
+    reader.join(timeout)
+    if not line or not line[0].strip():
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"the holder process said nothing: {err[-3000:]}")
+    return dict(json.loads(line[0]))
+
+
+def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    report = _read_line(proc)
+    assert proc.wait(timeout=30) == 0
+    return report
+
+
+@pytest.mark.firestore
+async def test_another_process_hands_an_idle_client_over_within_seconds(
+    managers: list[UserSessionManager],
+    firestore_client: Any,
+    bot_id: str,
+    fake: FakeTelegram,
+    tmp_path: Path,
+    holder_process: list[subprocess.Popen[str]],
+) -> None:
+    proc, started = await _logged_in_holder(managers, firestore_client, bot_id, fake, tmp_path, holder_process, ttl=60)
+    await asyncio.sleep(1.0)  # the holder's client stays unused
+
+    b = _manager(managers, firestore_client, bot_id, fake)  # the defaults: handoff_timeout=15
+    start = time.monotonic()
+    try:
+        client = await b.get_user_client("u1")
+    except SessionInUseError as exc:
+        proc.kill()
+        raise AssertionError(f"not handed over; the holder said: {proc.communicate(timeout=10)[1][-3000:]}") from exc
+    took = time.monotonic() - start
+    connected_at = max(t for what, t in fake.events if what == "connect")
+    assert client is not None and took < 3.0, took
+    print(f"hand-over between processes: {took:.2f} s")  # measured for the README (-s shows it)
+
+    report = _report(proc)
+    disconnected_at = max(t for what, t in report["events"] if what == "disconnect")
+    assert disconnected_at < connected_at  # never two connections on one auth key
+    assert not report["connected"] and report["evictions"]["handoff"] == 1
+    assert report["again"] == f"in use by {b.holder_id}"
+    carol_id, carol_hash = started["carol"]
+    stored = await asyncio.to_thread(client.session.get_input_entity, carol_id)  # what the holder had pending
+    assert stored.access_hash == carol_hash
+    assert (await client.get_me()).id == 1001
+
+
+@pytest.mark.firestore
+async def test_a_holder_paused_past_its_lease_hands_out_nothing_and_writes_nothing(
+    managers: list[UserSessionManager],
+    firestore_client: Any,
+    bot_id: str,
+    fake: FakeTelegram,
+    tmp_path: Path,
+    holder_process: list[subprocess.Popen[str]],
+) -> None:
+    proc, started = await _logged_in_holder(managers, firestore_client, bot_id, fake, tmp_path, holder_process, ttl=2)
+    entities = _doc(firestore_client, bot_id).collection("entities")
+    before = {d.id for d in entities.stream()}  # the self user, written at the login
+    proc.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM
+    try:
+        b = _manager(managers, firestore_client, bot_id, fake, flush_interval=60)  # writes nothing meanwhile
+        client = await b.get_user_client("u1")  # asks the paused holder, then takes the lease once it expired
+        assert client is not None
+        owned = _doc(firestore_client, bot_id).get()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    report = _report(proc)  # the resumed holder is asked for the client again
+    assert report["again"] == f"in use by {b.holder_id}"  # not its old client
+    assert not report["connected"] and report["evictions"]["lost_lease"] == 1
+    await asyncio.to_thread(BackgroundWriter.get().flush, None, 10)
+    carol_id, _ = started["carol"]
+    after = {d.id for d in entities.stream()}
+    assert str(carol_id) not in after and after == before  # its pending write-behind never landed
+    assert _doc(firestore_client, bot_id).get().update_time == owned.update_time  # nothing at all was written
+    assert _stored_lease(firestore_client, bot_id).holder == b.holder_id
+
+
+@pytest.mark.firestore
+async def test_the_bots_own_session_is_leased_and_handed_over_at_once(
+    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
+) -> None:
+    fake.add_bot("4242:AAbotsecretbotsecretbotsecret", username="testbot")
+    config = SessionConfig(bot_id=bot_id, backend="firestore", emulator_host=os.environ["FIRESTORE_EMULATOR_HOST"])
+    config = dataclasses.replace(config, project=os.environ["GOOGLE_CLOUD_PROJECT"], **API)
+    a = _manager(managers, firestore_client, bot_id, fake)
+    bot_a = fake.client(await asyncio.to_thread(config.create_bot_session), **API)
+    await a.start_bot(bot_a, bot_token="4242:AAbotsecretbotsecretbotsecret")
+    assert bot_a.is_connected() and a.active_clients == 0  # kept, but not one of the users' clients
+    doc = firestore_client.document(f"bots/{bot_id}/bot_session/session")
+    assert parse_lease(doc.get().to_dict()["lease"]).holder == bot_a.session.store.fence.holder
+    with pytest.raises(SessionInUseError):
+        await asyncio.to_thread(config.create_bot_session, handoff_timeout=0)
+    with pytest.raises(ConfigError):  # a user's session is not the bot's
+        await a.start_bot(
+            fake.client(FirestoreSession("u9", bot_id=bot_id, client=firestore_client), **API), bot_token="x"
+        )
+
+    start = time.monotonic()
+    session_b = await asyncio.to_thread(config.create_bot_session)  # another instance starts: a lets go at once
+    assert time.monotonic() - start < 3.0
+    assert not bot_a.is_connected() and a.evictions["handoff"] == 1
+    assert parse_lease(doc.get().to_dict()["lease"]).holder == session_b.store.fence.holder
+    assert session_b.auth_key.key == bot_a.session.auth_key.key  # the same bot login, not a new one
+    session_b.close()
+    assert "lease" not in doc.get().to_dict()

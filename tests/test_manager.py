@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from telethon_firestore_session.errors import (
     SessionStoreError,
 )
 from telethon_firestore_session.firestore import FirestoreSession
+from telethon_firestore_session.ids import BotSessionKey
 from telethon_firestore_session.manager import (
     LoginStatus,
     UserSession,
@@ -40,6 +42,7 @@ from telethon_firestore_session.manager import (
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
 from telethon_firestore_session.sqlite.directory import SQLiteDirectory
 
+from .leaks import assert_absent
 from .telegram_double import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,11 +175,14 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 async def test_register_is_idempotent_and_a_user_without_login_gets_no_client(env: Env) -> None:
     m = env.manager()
+    # The original system's `success = await create_user_session(...)`: True whenever the user is registered.
     assert await m.create_user_session("u1") is True
-    assert await m.create_user_session("u1") is False
+    assert await m.create_user_session("u1") is True
+    assert await m.register_user("u1") is False  # "was it new" is register_user's answer
+    assert await m.register_user("u3") is True and await m.for_user("u3").register() is False
     assert await m.create_user_session(42, api_id=777, api_hash="ffffffffffffffffffffffffffffffff") is True
     sessions = {s.user_id: s for s in await m.list_user_sessions()}
-    assert set(sessions) == {"u1", "42"}
+    assert set(sessions) == {"u1", "u3", "42"}
     assert sessions["42"].custom_api and not sessions["u1"].custom_api
     assert not sessions["u1"].logged_in and not sessions["u1"].active
     assert await m.get_user_client("u1") is None
@@ -710,18 +716,21 @@ async def test_the_readme_bot_flow(tmp_path: Path, fake: FakeTelegram, monkeypat
     assert sorted(p.name for p in (sessions / "mybot_local").glob("user_*")) == ["user_2.session"]
 
 
+def _local_environment(monkeypatch: pytest.MonkeyPatch, bot_id: str, sessions_dir: Path) -> None:
+    """The variables of a local bot (SQLite files), and none of Render's."""
+    for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    values = {"USE_LOCAL_STORAGE": "true", "BOT_ID": bot_id, "API_ID": "4321", "API_HASH": "f" * 32}
+    for name, value in {**values, "SESSIONS_DIR": str(sessions_dir)}.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_the_manager_is_built_from_the_environment(
     tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from telethon_firestore_session.manager import create_user_session_manager_from_config
 
-    for name in ("RENDER", "RENDER_SERVICE_ID", "RENDER_INSTANCE_ID", "SESSION_ENCRYPTION_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("USE_LOCAL_STORAGE", "true")
-    monkeypatch.setenv("BOT_ID", "envbot")
-    monkeypatch.setenv("API_ID", "4321")
-    monkeypatch.setenv("API_HASH", "f" * 32)
-    monkeypatch.setenv("SESSIONS_DIR", str(tmp_path / "from-env"))
+    _local_environment(monkeypatch, "envbot", tmp_path / "from-env")
 
     async def run() -> None:
         async with create_user_session_manager_from_config(client_factory=fake.client) as manager:
@@ -731,6 +740,34 @@ def test_the_manager_is_built_from_the_environment(
         assert (tmp_path / "from-env" / "envbot" / "user_u1.session").exists()
 
     asyncio.run(run())
+
+
+def test_the_original_systems_calls_mean_what_they_meant(
+    tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call of the original system's guide, as it wrote them (README: "Coming from the original system")."""
+    from telethon_firestore_session import create_user_session_manager_from_config
+
+    _local_environment(monkeypatch, "wang3.0_local", tmp_path / "sessions")
+    # Built in a plain __init__, with no event loop running (the guide's EnhancedTelegramBot).
+    session_manager = create_user_session_manager_from_config(client_factory=fake.client)
+
+    async def run() -> None:
+        success = await session_manager.create_user_session("user_123")
+        assert success is True and await session_manager.create_user_session("user_123") is True
+        assert (
+            await session_manager.get_user_client("user_123") is None
+        )  # not logged in: falsy, as `if user_client:` reads
+        stats = await session_manager.get_session_stats()
+        assert (stats["total_sessions"], stats["active_sessions"]) == (1, 0)
+        assert await session_manager.cleanup_inactive_sessions(days=30) == []
+        assert await session_manager.delete_user_session("user_123") is True
+        health = await session_manager.health_check()
+        assert health["status"] == "healthy"
+        await session_manager.aclose()
+
+    asyncio.run(run())
+    assert (tmp_path / "sessions" / "wang3.0_local").is_dir()
 
 
 def test_options_override_the_configuration(tmp_path: Path, fake: FakeTelegram) -> None:
@@ -784,3 +821,122 @@ def test_the_manager_is_built_from_a_render_config(firestore_client: Any, bot_id
         assert isinstance(stored["auth_key"], bytes) and len(stored["auth_key"]) != 256  # sealed
 
     asyncio.run(run())
+
+
+# -- stopping on SIGTERM, and the bot's own session across restarts -----------------------------------
+
+BOT_TOKEN = "4242:AAbotsecretbotsecretbotsecret"
+RUNNER = """
+import asyncio, json, logging, os, sys
+
+from telethon_firestore_session import SessionConfig, create_user_session_manager_from_config
+from tests.telegram_double import FakeTelegram
+
+
+def main() -> None:
+    backend, bot_id, sessions_dir, state, handoff, token = sys.argv[1:7]
+    users = sys.argv[7:]
+    logging.basicConfig(level=logging.INFO)
+    fake = FakeTelegram.load(state)
+    common = {"bot_id": bot_id, "api_id": 12345, "api_hash": "0123456789abcdef0123456789abcdef"}
+    if backend == "firestore":
+        host, project = os.environ["FIRESTORE_EMULATOR_HOST"], os.environ["GOOGLE_CLOUD_PROJECT"]
+        config = SessionConfig(backend="firestore", emulator_host=host, project=project, **common)
+    else:
+        config = SessionConfig(sessions_dir=sessions_dir, **common)
+    manager = create_user_session_manager_from_config(
+        config, client_factory=fake.client, flush_interval=60, handoff_timeout=float(handoff)
+    )
+
+    async def serve() -> None:
+        session = config.create_bot_session(handoff_timeout=float(handoff), flush_interval=60)
+        bot = fake.client(session, config.api_id, config.api_hash, catch_up=True)
+        await manager.start_bot(bot, bot_token=token)
+        await bot.get_entity("carol")  # pending in the bot's session
+        for uid in users:
+            client = await manager.get_user_client(uid)
+            await client.get_entity("bob")  # pending in each user's session
+        print(json.dumps({"ready": True}), flush=True)
+        await bot.run_until_disconnected()  # until a stop signal
+
+    manager.run(serve)
+    fake.save(state)
+    print(json.dumps({"requests": fake.requests, "differences": fake.differences}), flush=True)
+
+
+main()
+"""
+
+
+def _run_until_sigterm(env: Env, state: Path, *, handoff: float, users: list[str]) -> tuple[float, dict[str, Any]]:
+    """Start RUNNER, SIGTERM it once it is ready; ``(seconds from SIGTERM to exit, its report)``."""
+    args = [env.backend, env.bot_id, str(env.sessions_dir), str(state), str(handoff), BOT_TOKEN, *users]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
+    try:
+        ready = proc.stdout.readline() if proc.stdout else ""
+        if not ready.strip():
+            proc.kill()
+            raise AssertionError(f"the runner did not start: {proc.communicate(timeout=10)[1][-3000:]}")
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: stopping" in err
+    assert_absent(err, bot_token=BOT_TOKEN.split(":")[1].encode())  # the INFO log names no secret
+    return took, json.loads(out.strip().splitlines()[-1])
+
+
+def _open_bot_session(env: Env) -> Any:
+    key = BotSessionKey(env.bot_id)
+    if env.backend == "firestore":
+        return FirestoreSession(key, bot_id=env.bot_id, client=env.client)
+    return ScopedSQLiteSession(key, bot_id=env.bot_id, sessions_dir=env.sessions_dir)
+
+
+async def test_sigterm_stops_cleanly_and_a_restart_reuses_the_bots_session(env: Env, tmp_path: Path) -> None:
+    env.fake.add_bot(BOT_TOKEN, username="testbot")
+    env.fake.pts = 3
+    m = env.manager()
+    await login(m, env.fake, "u1", "alice")
+    await login(m, env.fake, "u2", "carol")
+    await m.aclose()
+    state = tmp_path / "telegram.json"
+    env.fake.save(state)
+
+    took, first = _run_until_sigterm(env, state, handoff=15.0, users=["u1", "u2"])
+    print(f"shutdown on SIGTERM ({env.backend}): {took:.2f} s")  # measured for the README (-s shows it)
+    assert took < 20.0  # shutdown_timeout, under Render's 30 s
+    assert "ImportBotAuthorizationRequest" in first["requests"]  # the first start logs the bot in
+    for uid in ("u1", "u2"):  # written at the stop, long before the 60 s flush interval
+        assert env.stored_entity(uid, 1002) is not None, uid
+    bot_session = _open_bot_session(env)  # the bot's session is free (its lease released, its file unlocked)
+    try:
+        assert bot_session.auth_key is not None and bot_session.get_input_entity(1003).user_id == 1003
+        assert bot_session.get_update_state(0).pts == 3
+    finally:
+        bot_session.close()
+    if env.backend == "firestore":
+        sessions = env.client.collection(f"bots/{env.bot_id}/user_sessions").stream()
+        documents = [*sessions, env.client.document(f"bots/{env.bot_id}/bot_session/session").get()]
+        assert [d.id for d in documents if "lease" in (d.to_dict() or {})] == []  # no lease left
+
+    env.fake = FakeTelegram.load(state)
+    env.fake.pts = 7  # what was sent to the bot while it was down
+    env.fake.save(state)
+    # handoff=0: a lease left behind would fail the start at once.
+    took, second = _run_until_sigterm(env, state, handoff=0.0, users=["u1", "u2"])
+    assert "ImportBotAuthorizationRequest" not in second["requests"]  # no new bot login
+    assert "SendCodeRequest" not in second["requests"]
+    assert second["differences"][:1] == [3]  # catch_up starts from the stored state: nothing sent meanwhile is lost

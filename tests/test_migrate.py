@@ -227,6 +227,48 @@ def test_copy_is_idempotent_and_never_clobbers(kinds: Kinds) -> None:
     assert copy_session(src, dst).status == UNCHANGED
 
 
+@pytest.mark.parametrize("dst_kind", KINDS)
+def test_overwrite_replaces_every_kind_of_destination(kinds: Kinds, dst_kind: str) -> None:
+    dst = kinds.open(dst_kind)
+    populate(dst, seed=1)
+    dst.process_entities([types.User(77, access_hash=78, username="only_in_seed_1")])
+    dst.set_update_state(1501, types.updates.State(1, 1, DATE, 1, 0))
+    dst.save()
+    src = MemorySession()
+    populate(src, seed=2)
+    report = copy_session(src, dst, overwrite=True)
+    assert report.status == REPLACED and (report.entities, report.update_states, report.files) == (5, 2, 2)
+    again = kinds.reopen(dst_kind, dst)
+    assert summary(read_session(again)) == expected(2)  # nothing of the other login survives
+    assert again.get_input_entity("@alice") == types.InputPeerUser(1200, 1200 * 7)
+    assert copy_session(src, again).status == UNCHANGED
+
+
+def test_reset_starts_a_deleted_session_afresh_on_its_store(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions"
+    s = ScopedSQLiteSession("1", bot_id="bot", sessions_dir=sessions)
+    populate(s, seed=1)
+    s.flush()
+    s.delete()
+    s.reset()
+    assert (s.dc_id, s.auth_key, s.takeout_id, s.get_update_states()) == (0, None, None, [])
+    assert list(s.iter_entities()) == [] and list(s.iter_files()) == []
+    with pytest.raises(ValueError, match="Could not find input entity"):
+        s.get_input_entity("@alice")
+    populate(s, seed=2)  # usable again: the new records reach the same file
+    s.close()
+    again = ScopedSQLiteSession("1", bot_id="bot", sessions_dir=sessions)
+    try:
+        assert again.path == s.path and summary(read_session(again)) == expected(2)
+    finally:
+        again.close()
+    unbound = SessionCore()
+    populate(unbound)
+    unbound.delete()
+    unbound.reset()
+    assert unbound.auth_key is None and list(unbound.iter_entities()) == []
+
+
 def test_same_login_merges_without_replacing_newer_records(kinds: Kinds) -> None:
     src = kinds.open("sqlite")
     populate(src)
@@ -435,7 +477,7 @@ def test_bulk_import_batches_writes_across_sessions(tmp_path: Path, firestore_cl
 
     def progress(done: int, total: int | None, item: Any) -> None:
         nonlocal most_pending
-        most_pending = max(most_pending, len(dest._batcher.ops))
+        most_pending = max(most_pending, dest.pending_writes)
 
     report = import_session_files(tmp_path, dest, progress=progress)
     assert report.ok and report.counts() == {COPIED: n}

@@ -20,7 +20,8 @@ Secrets: no command prints an auth key. ``show`` prints its fingerprint.
 
 The commands live one group to a module: :mod:`.inspection` (``info``, ``list``, ``stats``,
 ``show``), :mod:`.transfer` (``import``, ``export``, ``backup``, ``restore``),
-:mod:`.administration` (``cleanup``, ``delete``, ``rotate-key``, ``keygen``) and :mod:`.doctor`;
+:mod:`.administration` (``cleanup``, ``delete``, ``rotate-key``, ``keygen``) and :mod:`.doctor`
+(``doctor``, ``rules``);
 :mod:`.common` holds what they share.
 """
 
@@ -30,6 +31,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+
+from google.api_core.exceptions import GoogleAPIError
 
 from telethon_firestore_session.errors import ConfigError, InvalidSessionIdError, SessionDecryptionError, SessionError
 
@@ -113,14 +116,6 @@ def _setup_logging(verbosity: int) -> None:
     )
 
 
-def _is_google_api_error(exc: BaseException) -> bool:
-    try:
-        from google.api_core.exceptions import GoogleAPIError
-    except ImportError:  # pragma: no cover - a dependency
-        return False
-    return isinstance(exc, GoogleAPIError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -146,9 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.as_json:
             out.emit({"ok": False, "exit_code": EXIT_PARTIAL, "error": {"type": type(exc).__name__}}, "")
         return EXIT_PARTIAL
-    except Exception as exc:  # a failed Firestore call (GoogleAPIError) is reported; anything else propagates
-        if not _is_google_api_error(exc):
-            raise
+    except GoogleAPIError as exc:  # a failed Firestore call
         log.debug("Firestore call failed", exc_info=True)
         return out.error(command, "firestore", exc, EXIT_PARTIAL)
     finally:

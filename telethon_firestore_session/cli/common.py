@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, Protocol
 
 from telethon_firestore_session import migrate
 from telethon_firestore_session.errors import ConfigError, SessionError
+from telethon_firestore_session.firestore.importer import FirestoreDestination
+from telethon_firestore_session.firestore.layout import RPC_RETRY, iter_sessions, session_document
+from telethon_firestore_session.ids import SessionKey
+from telethon_firestore_session.sqlite import list_sqlite_sessions, session_path
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 
     from telethon_firestore_session.config import SessionConfig
     from telethon_firestore_session.manager import UserSessionManager
+    from telethon_firestore_session.manager.directory import SessionDirectory
 
 PROG = "telethon-firestore-session"
 EXIT_OK = 0
@@ -177,13 +182,16 @@ def environment(args: argparse.Namespace, base: Mapping[str, str] | None = None)
 
 
 class Env:
-    """The configuration of one run, and what is built from it (lazily)."""
+    """The configuration of one run, and what is built from it (lazily).
+
+    Sessions and managers of either backend come from ``config.open_directory`` and the configuration,
+    through this run's one Firestore client (:meth:`firestore_client`, closed by :meth:`close`).
+    """
 
     def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
         self.args = args
         self.environ = environ
         self._config: SessionConfig | None = None
-        self._configs: dict[str, SessionConfig] = {}
         self._client: firestore.Client | None = None
 
     @property
@@ -211,14 +219,8 @@ class Env:
     def cipher(self) -> Any:
         return self.config.cipher
 
-    def config_for(self, backend: str | None) -> SessionConfig:
-        """The configuration with another backend (``backup``/``restore``/``--from`` read both)."""
-        name = backend_name(backend) or self.backend
-        if name == self.backend:
-            return self.config
-        if name not in self._configs:
-            self._configs[name] = dataclasses.replace(self.config, backend=name)  # type: ignore[arg-type]
-        return self._configs[name]
+    def _name(self, backend: str | None) -> str:
+        return backend_name(backend) or self.backend
 
     def firestore_client(self) -> firestore.Client:
         """The one Firestore client of this run (closed by :meth:`close`)."""
@@ -230,18 +232,21 @@ class Env:
                     f"`{self.args.command}` needs Firestore, but no project is set; set FIREBASE_PROJECT_ID "
                     "(or GOOGLE_CLOUD_PROJECT, or FIREBASE_CREDENTIALS), or FIRESTORE_EMULATOR_HOST for the emulator",
                 )
+            host = config.emulator_host
+            if host is not None and os.environ.get("FIRESTORE_EMULATOR_HOST") != host:
+                # This process is the command line's own: name the emulator where google-cloud-firestore
+                # reads it, before the client is built (config then needs no private attribute of it).
+                os.environ["FIRESTORE_EMULATOR_HOST"] = host
+            from google.auth.exceptions import DefaultCredentialsError
+
             try:
                 self._client = config.firestore_client()
-            except ConfigError:
-                raise
-            except Exception as exc:
-                if type(exc).__name__ == "DefaultCredentialsError":
-                    raise ConfigError(
-                        "GOOGLE_APPLICATION_CREDENTIALS",
-                        "no Google credentials were found; set FIREBASE_CREDENTIALS (the service-account JSON) "
-                        "or GOOGLE_APPLICATION_CREDENTIALS (a key file)",
-                    ) from None
-                raise
+            except DefaultCredentialsError:
+                raise ConfigError(
+                    "GOOGLE_APPLICATION_CREDENTIALS",
+                    "no Google credentials were found; set FIREBASE_CREDENTIALS (the service-account JSON) "
+                    "or GOOGLE_APPLICATION_CREDENTIALS (a key file)",
+                ) from None
         return self._client
 
     def close(self) -> None:
@@ -255,40 +260,35 @@ class Env:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def open_local(self, user_id: str) -> Session:
-        from telethon_firestore_session.sqlite import ScopedSQLiteSession
+    def directory(self, backend: str | None = None) -> SessionDirectory:
+        """The sessions of ``backend`` (default: the configured one), sealed as configured."""
+        from telethon_firestore_session.config import open_directory
 
-        options = self.config.session_options()
-        return ScopedSQLiteSession(user_id, bot_id=self.bot_id, sessions_dir=self.sessions_dir, **options)
-
-    def open_firestore(self, user_id: str) -> Session:
-        from telethon_firestore_session.firestore import FirestoreSession
-
-        options = self.config.session_options()
-        return FirestoreSession(user_id, bot_id=self.bot_id, client=self.firestore_client(), **options)
+        config = self.config
+        return open_directory(
+            self._name(backend),
+            config.bot_id,
+            sessions_dir=config.sessions_dir,
+            firestore_client=self.firestore_client,  # called only for Firestore
+            cipher=config.cipher,
+            encrypt_pii=config.encrypt_pii,
+            owns_client=False,
+        )
 
     def open(self, user_id: str, backend: str | None = None) -> Session:
-        if (backend_name(backend) or self.backend) == FIRESTORE:
-            return self.open_firestore(user_id)
-        return self.open_local(user_id)
+        return self.directory(backend).open_session(user_id, flush_interval=5.0, close_timeout=10.0)
 
     def exists(self, user_id: str, backend: str | None = None) -> bool:
-        from telethon_firestore_session.ids import SessionKey
-
+        """Whether ``user_id`` has a session in ``backend``, found without opening (and so creating) one."""
         key = SessionKey(self.bot_id, user_id)
-        if (backend_name(backend) or self.backend) == FIRESTORE:
-            from telethon_firestore_session.firestore import session_document
-
+        if self._name(backend) == FIRESTORE:
             return bool(session_document(self.firestore_client(), key).get(field_paths=[], timeout=30).exists)
-        from telethon_firestore_session.sqlite import session_path
-
         return session_path(self.sessions_dir, key).exists()
 
     def require(self, user_id: str, backend: str | None = None) -> None:
         """Raise :class:`SessionError` unless ``user_id`` has a session in ``backend`` (opening would create one)."""
-        name = backend_name(backend) or self.backend
-        if not self.exists(user_id, name):
-            raise SessionError(f"no {name} session for user {user_id!r} of bot {self.bot_id!r}")
+        if not self.exists(user_id, backend):
+            raise SessionError(f"no {self._name(backend)} session for user {user_id!r} of bot {self.bot_id!r}")
 
     def read(self, user_id: str, backend: str | None = None, *, check: bool = True) -> migrate.SessionSnapshot:
         """``user_id``'s session in ``backend``, read whole; with ``check``, a missing one is an error."""
@@ -300,55 +300,25 @@ class Env:
         finally:
             session.close()
 
-    def local_user_ids(self) -> list[str]:
-        from telethon_firestore_session.sqlite import list_sqlite_sessions
-
+    def user_ids(self, backend: str | None = None) -> list[str]:
+        """The user id of every stored session in ``backend`` (default: the configured one)."""
+        if self._name(backend) == FIRESTORE:
+            return [uid for uid, _ in iter_sessions(self.firestore_client(), self.bot_id, call=RPC_RETRY.call(60.0))]
         return [str(e["user_id"]) for e in list_sqlite_sessions(self.sessions_dir, self.bot_id)]
 
-    def sessions_collection(self) -> firestore.CollectionReference:
-        """The bot's Firestore sessions: ``bots/{bot_id}/user_sessions``."""
-        sessions: firestore.CollectionReference = (
-            self.firestore_client().collection("bots").document(self.bot_id).collection("user_sessions")
-        )
-        return sessions
-
-    def firestore_user_ids(self, page_size: int = 300) -> Iterator[str]:
-        col = self.sessions_collection()
-        last = None
-        while True:
-            query = col.select([]).order_by("__name__").limit(page_size)
-            if last is not None:
-                query = query.start_after(last)
-            page = list(query.stream(timeout=60))
-            for snap in page:
-                yield snap.id
-            if len(page) < page_size:
-                return
-            last = page[-1]
-
-    def firestore_destination(self) -> migrate.FirestoreDestination:
-        """Batched writes into Firestore, sealed like this configuration's sessions."""
-        return migrate.FirestoreDestination(self.firestore_client(), self.bot_id, **self.config.session_options())
-
-    def user_ids(self, backend: str | None = None) -> list[str]:
-        """Every stored session's user id in ``backend`` (default: the configured one)."""
-        if (backend_name(backend) or self.backend) == FIRESTORE:
-            return list(self.firestore_user_ids())
-        return self.local_user_ids()
-
     def destination(self, backend: str | None = None) -> migrate.Destination:
-        if (backend_name(backend) or self.backend) == FIRESTORE:
-            return self.firestore_destination()
-        return migrate.SessionDestination(self.open_local)
+        """Where imports go: Firestore in shared batches, sealed like this configuration's sessions."""
+        if self._name(backend) == FIRESTORE:
+            return FirestoreDestination(self.firestore_client(), self.bot_id, **self.config.session_options())
+        return migrate.SessionDestination(functools.partial(self.open, backend=SQLITE))
 
     def manager(self, backend: str | None = None) -> UserSessionManager:
         from telethon_firestore_session.manager import create_user_session_manager_from_config
 
-        config = self.config_for(backend)
-        options: dict[str, Any] = {}
-        if config.backend == FIRESTORE:
-            options["firestore_client"] = self.firestore_client()  # shared, closed by close()
-        return create_user_session_manager_from_config(config, **options)
+        # firestore_client: this run's, shared and closed by close() (called only for Firestore).
+        return create_user_session_manager_from_config(
+            self.config, backend=self._name(backend), firestore_client=self.firestore_client
+        )
 
 
 #: ``add(name, func, help)``: adds the command ``name`` (run by ``func``) to the parser, and returns

@@ -1,5 +1,6 @@
 """``doctor``: checks the configuration, Firestore or the sessions directory, and the sealing of the
-stored auth keys, and says what to fix. It reads only: a running bot is never disturbed."""
+stored auth keys, and says what to fix. It reads only: a running bot is never disturbed. ``rules``
+prints the Firestore security rules that keep client SDKs away from the sessions."""
 
 from __future__ import annotations
 
@@ -11,25 +12,35 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from telethon_firestore_session import migrate
-from telethon_firestore_session.errors import ConfigError
+from telethon_firestore_session.errors import ConfigError, SessionCorruptError, SessionDecryptionError, SessionError
+from telethon_firestore_session.firestore import security_rules
+from telethon_firestore_session.firestore.importer import LEGACY_FIELD
+from telethon_firestore_session.firestore.layout import sessions_collection, sessions_where
+from telethon_firestore_session.ids import SessionKey
+from telethon_firestore_session.sealing import KeyState, Sealer
+from telethon_firestore_session.sqlite.files import locked_files, session_files
+from telethon_firestore_session.sqlite.schema import read_auth_key
 
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, FIRESTORE, PROG, SQLITE, AddCommand, Env, Output
 
 
 def add_commands(add: AddCommand) -> None:
     add("doctor", cmd_doctor, "check the configuration and say what to fix")
+    add("rules", cmd_rules, "print the Firestore security rules that deny client SDKs access to the sessions")
+
+
+def cmd_rules(env: Env, out: Output) -> int:
+    text = security_rules()
+    out.emit({"rules": text}, text)
+    return EXIT_OK
 
 
 @dataclasses.dataclass
 class Check:
     name: str
-    status: str  # ok, warn, fail
+    status: str  # ok, info (a reminder), warn, fail
     detail: str
     fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
 
 
 def _doctor_checks(env: Env) -> Iterator[Check]:
@@ -42,6 +53,13 @@ def _doctor_checks(env: Env) -> Iterator[Check]:
     yield _check_encryption(env)
     if config.backend == FIRESTORE:
         yield from _check_firestore(env)
+        yield Check(
+            "rules",
+            "info",
+            "this library bypasses security rules; the project's rules must deny client SDKs (web, mobile, REST) "
+            "any access to the sessions",
+            f"deploy the rules that `{PROG} rules` prints (the README's Firestore security rules say how)",
+        )
     elif config.emulator_host or config.project:
         # Firestore is only needed for backup and restore here: its problems are warnings.
         for check in _check_firestore(env):
@@ -115,7 +133,7 @@ def _check_firestore(env: Env) -> Iterator[Check]:
         yield Check("credentials", "ok", str(info.get("credentials", "configured")))
     try:
         start = time.monotonic()
-        col = env.sessions_collection()
+        col = sessions_collection(env.firestore_client(), env.bot_id)
         docs = list(col.select([]).limit(1).get(timeout=10))
         ms = (time.monotonic() - start) * 1000
     except Exception as exc:  # noqa: BLE001 - reported as a finding
@@ -123,11 +141,9 @@ def _check_firestore(env: Env) -> Iterator[Check]:
         fix = "check the project id, the network, and that Firestore (native mode) is enabled in the project"
         if name in ("PermissionDenied", "Forbidden", "Unauthenticated"):
             fix = "grant the service account the Cloud Datastore User role (roles/datastore.user) in the project"
-        yield Check("firestore", "fail", f"cannot read bots/{env.bot_id}/user_sessions ({name})", fix)
+        yield Check("firestore", "fail", f"cannot read {sessions_where(env.bot_id)} ({name})", fix)
         return
-    yield Check(
-        "firestore", "ok", f"read bots/{env.bot_id}/user_sessions in {ms:.0f} ms ({len(docs)} document sampled)"
-    )
+    yield Check("firestore", "ok", f"read {sessions_where(env.bot_id)} in {ms:.0f} ms ({len(docs)} document sampled)")
     yield from _check_leases_and_legacy(env)
     try:
         values = _firestore_auth_keys(env)
@@ -140,13 +156,13 @@ def _check_firestore(env: Env) -> Iterator[Check]:
 def _check_leases_and_legacy(env: Env) -> Iterator[Check]:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    col = env.sessions_collection()
+    col = sessions_collection(env.firestore_client(), env.bot_id)
     now = datetime.datetime.now(datetime.timezone.utc)
     try:
         held = list(
             col.where(filter=FieldFilter("lease.expires_at", ">", now)).select(["lease"]).limit(50).get(timeout=10)
         )
-        legacy = list(col.where(filter=FieldFilter(migrate.LEGACY_FIELD, ">", "")).select([]).limit(1).get(timeout=10))
+        legacy = list(col.where(filter=FieldFilter(LEGACY_FIELD, ">", "")).select([]).limit(1).get(timeout=10))
     except Exception as exc:  # noqa: BLE001 - reported as a finding
         yield Check("leases", "warn", f"cannot query leases ({type(exc).__name__})")
         return
@@ -173,76 +189,63 @@ def _check_leases_and_legacy(env: Env) -> Iterator[Check]:
 _SEAL_SAMPLE = 20
 
 
-def _firestore_auth_keys(env: Env) -> list[tuple[str, bytes]]:
-    col = env.sessions_collection()
+def _firestore_auth_keys(env: Env) -> list[tuple[str, object]]:
+    col = sessions_collection(env.firestore_client(), env.bot_id)
     values = []
     for snap in col.select(["auth_key"]).limit(_SEAL_SAMPLE).get(timeout=10):
         value = (snap.to_dict() or {}).get("auth_key")
-        if isinstance(value, bytes) and value:
+        if value:
             values.append((snap.id, value))
     return values
 
 
-def _sqlite_auth_keys(files: Sequence[Path]) -> list[tuple[str, bytes]]:
-    """Raw ``auth_key`` column values, read-only and without the session's lock (a running bot is not disturbed)."""
-    import sqlite3
-
-    values = []
-    for path in files[:_SEAL_SAMPLE]:
+def _sqlite_auth_keys(files: dict[str, Path]) -> list[tuple[str, object]]:
+    """Stored ``auth_key`` values, read without the session's lock (a running bot is not disturbed)."""
+    values: list[tuple[str, object]] = []
+    for uid, path in list(files.items())[:_SEAL_SAMPLE]:
         try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-        except sqlite3.Error:
+            value = read_auth_key(path)
+        except SessionError:
             continue
-        try:
-            row = conn.execute("select auth_key from sessions").fetchone()
-        except sqlite3.Error:
-            continue
-        finally:
-            conn.close()
-        if row is not None and isinstance(row[0], bytes) and row[0]:
-            values.append((migrate.user_id_from_filename(path), row[0]))
+        if value:
+            values.append((uid, value))
     return values
 
 
-def _check_sealing(env: Env, values: Sequence[tuple[str, bytes]]) -> Iterator[Check]:
-    """Do the stored auth keys match the configured keys? Looks at key ids only; never prints a value."""
-    from telethon_firestore_session.crypto import is_sealed
-
+def _check_sealing(env: Env, values: Sequence[tuple[str, object]]) -> Iterator[Check]:
+    """Do the stored auth keys open with the configured keys, by the one rule of ``sealing``? Never prints a value."""
     if not values:
         return
     cipher = env.cipher
-    plain: list[str] = []
-    current: list[str] = []
-    old: list[str] = []
-    unknown: list[str] = []
+    found: dict[str, list[str]] = {}
     for uid, value in values:
-        if len(value) == migrate.AUTH_KEY_SIZE or not is_sealed(value):
-            plain.append(uid)
-        elif cipher is None:
-            unknown.append(uid)
-        else:
-            kid = cipher.sealed_with(value)
-            (current if kid == cipher.key_id else old if kid in cipher.key_ids else unknown).append(uid)
+        try:
+            _, state = Sealer(SessionKey(env.bot_id, uid), "doctor", cipher).open_auth_key(value)
+            group = "old" if state is KeyState.OLD_KEY else "plain" if state is KeyState.PLAINTEXT else "current"
+        except SessionDecryptionError:  # sealed with a key that is not configured (or damaged, with a cipher)
+            group = "unknown"
+        except SessionCorruptError:  # neither a plaintext key nor a sealed one, and no cipher
+            group = "damaged"
+        found.setdefault(group, []).append(uid)
     sampled = f"of {len(values)} sampled session(s) with an auth key"
-    if unknown:
-        if cipher is None:
-            yield Check(
-                "sealing",
-                "fail",
-                f"{len(unknown)} {sampled} are sealed (e.g. user {unknown[0]}), but SESSION_ENCRYPTION_KEY is not set",
-                "set SESSION_ENCRYPTION_KEY to the key that sealed them",
-            )
-        else:
-            yield Check(
-                "sealing",
-                "fail",
-                f"{len(unknown)} {sampled} are sealed with a key that is not configured (e.g. user {unknown[0]})",
-                "set SESSION_ENCRYPTION_KEY to the key that sealed them, or add that key to "
-                f"SESSION_ENCRYPTION_OLD_KEYS and run `{PROG} rotate-key`",
-            )
+    if damaged := found.get("damaged"):
+        yield Check(
+            "sealing",
+            "fail",
+            f"{len(damaged)} {sampled} hold neither a plaintext nor a sealed auth key (e.g. user {damaged[0]})",
+            "restore those sessions from a backup, or delete them and log in again",
+        )
+        return
+    if unknown := found.get("unknown"):
+        by = "with a key that is not configured" if cipher else "while SESSION_ENCRYPTION_KEY is not set"
+        fix = "set SESSION_ENCRYPTION_KEY to the key that sealed them"
+        if cipher is not None:
+            fix += f", or add that key to SESSION_ENCRYPTION_OLD_KEYS and run `{PROG} rotate-key`"
+        yield Check("sealing", "fail", f"{len(unknown)} {sampled} are sealed {by} (e.g. user {unknown[0]})", fix)
         return
     if cipher is None:
         return  # all plaintext: the encryption check already says so
+    plain, old = found.get("plain", []), found.get("old", [])
     if plain or old:
         yield Check(
             "sealing",
@@ -251,7 +254,7 @@ def _check_sealing(env: Env, values: Sequence[tuple[str, bytes]]) -> Iterator[Ch
             f"run `{PROG} rotate-key` to seal them with the current key",
         )
     else:
-        yield Check("sealing", "ok", f"{len(current)} {sampled} are sealed with the current key")
+        yield Check("sealing", "ok", f"{len(found.get('current', []))} {sampled} are sealed with the current key")
 
 
 def _mode(path: Path) -> int:
@@ -284,8 +287,8 @@ def _check_local(env: Env) -> Iterator[Check]:
         yield Check("sessions_dir", "ok", f"{base} is private and writable")
     if not bot_dir.exists():
         return
-    files = sorted(bot_dir.glob("user_*.session"))
-    loose = [f for f in files if _mode(f) & 0o077]
+    files = session_files(bot_dir)
+    loose = [f for f in files.values() if _mode(f) & 0o077]
     if loose:
         yield Check(
             "file_modes",
@@ -293,8 +296,7 @@ def _check_local(env: Env) -> Iterator[Check]:
             f"{len(loose)} session file(s) readable by other users (e.g. {loose[0].name})",
             f"chmod 600 {bot_dir}/user_*.session",
         )
-    locked_inodes = _flock_inodes()
-    locked = [f.name for f in files if _is_locked(f, locked_inodes)]
+    locked = [f.name for f in locked_files(files.values())]
     if locked:
         yield Check(
             "locks",
@@ -307,55 +309,9 @@ def _check_local(env: Env) -> Iterator[Check]:
     yield from _check_sealing(env, _sqlite_auth_keys(files))
 
 
-def _flock_inodes() -> set[int] | None:
-    """Inodes with a ``flock`` lock held, from ``/proc/locks`` (Linux); ``None`` where it does not exist.
-
-    Reading the table takes no lock, so a bot opening its session at that moment is never disturbed.
-    Only the inode is compared: overlay file systems (containers) report another device there.
-    """
-    try:
-        text = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    inodes: set[int] = set()
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 6 or parts[1] == "->" or parts[1] != "FLOCK":
-            continue
-        try:
-            inodes.add(int(parts[5].rsplit(":", 1)[1]))
-        except (IndexError, ValueError):
-            continue
-    return inodes
-
-
-def _is_locked(path: Path, locked_inodes: set[int] | None) -> bool:
-    if locked_inodes is not None:
-        try:
-            return path.stat().st_ino in locked_inodes
-        except OSError:
-            return False
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        # A shared probe: it fails only while an exclusive lock (an open session) is held.
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def cmd_doctor(env: Env, out: Output) -> int:
     checks = list(_doctor_checks(env))
-    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    marks = {"ok": "ok  ", "info": "info", "warn": "WARN", "fail": "FAIL"}
     failed = sum(c.status == "fail" for c in checks)
 
     def text() -> str:
@@ -367,7 +323,7 @@ def cmd_doctor(env: Env, out: Output) -> int:
         lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
         return "\n".join(lines)
 
-    out.emit({"ok": not failed, "checks": [c.as_dict() for c in checks]}, text)
+    out.emit({"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]}, text)
     if any(c.name == "config" and c.status == "fail" for c in checks):
         return EXIT_USAGE
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -62,6 +62,10 @@ def cmd_stats(env: Env, out: Output) -> int:
     return EXIT_OK
 
 
+#: What ``show`` adds from the manager's record of the user (``None`` without one).
+_INFO_FIELDS = ("logged_in", "login_pending", "registered_at", "last_active_at", "custom_api", "in_use_by")
+
+
 def _describe_session(env: Env, user_id: str, backend: str) -> dict[str, Any]:
     snap = env.read(user_id, backend)
     info = run_async(lambda m: m.for_user(user_id).info(), env, backend)
@@ -81,12 +85,7 @@ def _describe_session(env: Env, user_id: str, backend: str) -> dict[str, Any]:
         "update_states": len(snap.update_states),
         "pts": common.pts if common is not None else None,
         "updates_date": common.date if common is not None else None,
-        "logged_in": info.logged_in if info is not None else None,
-        "login_pending": info.login_pending if info is not None else None,
-        "registered_at": info.registered_at if info is not None else None,
-        "last_active_at": info.last_active_at if info is not None else None,
-        "custom_api": info.custom_api if info is not None else None,
-        "in_use_by": info.in_use_by if info is not None else None,
+        **{f: getattr(info, f, None) for f in _INFO_FIELDS},
     }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from telethon_firestore_session import migrate
 from telethon_firestore_session.errors import SessionError
+from telethon_firestore_session.firestore.importer import import_legacy_documents
 
 from .common import (
     BACKEND_CHOICES,
@@ -97,13 +98,13 @@ def cmd_import(env: Env, out: Output) -> int:
     if a.legacy:
         user_ids = a.user if a.user else None
         run_legacy = functools.partial(
-            migrate.import_legacy_documents,
-            destination=env.firestore_destination(),
-            client=env.firestore_client(),
-            bot_id=env.bot_id,
+            import_legacy_documents,
+            env.firestore_client(),
+            env.bot_id,
             user_ids=user_ids,
             overwrite=a.overwrite,
             keep_backup=not a.no_legacy_backup,
+            **env.config.session_options(),
         )
         return bulk(env, out, "import", run_legacy, total=len(user_ids) if user_ids else None)
     if a.user is not None and len(a.user) > 1:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from telethon_firestore_session.errors import InvalidSessionIdError, wrap_store_errors
-from telethon_firestore_session.ids import validate_id
+from telethon_firestore_session.errors import ConfigError, InvalidSessionIdError, wrap_store_errors
+from telethon_firestore_session.ids import BotSessionKey, validate_id
 from telethon_firestore_session.manager.directory import (
     UNSET,
     ApiCredentials,
@@ -19,6 +19,7 @@ from telethon_firestore_session.manager.directory import (
 )
 
 from .layout import (
+    BOT_SESSION,
     RPC_RETRY,
     SCHEMA_VERSION,
     Write,
@@ -32,7 +33,7 @@ from .layout import (
     utcnow,
     where,
 )
-from .lease import FirestoreLease, parse_lease
+from .lease import FirestoreLease, parse_lease, watch_handoffs
 from .session import FirestoreSession
 from .store import FirestoreStore
 
@@ -100,8 +101,10 @@ class FirestoreDirectory(SessionDirectory):
     def _doc(self, user_id: str) -> firestore.DocumentReference:
         return session_document(self.client, self.key(user_id))
 
-    def open_session(self, user_id: str, *, flush_interval: float, close_timeout: float) -> SessionCore:
-        return FirestoreSession(
+    def open_session(
+        self, user_id: str, *, flush_interval: float, close_timeout: float, lease: FirestoreLease | None = None
+    ) -> SessionCore:
+        session = FirestoreSession(
             user_id,
             bot_id=self.bot_id,
             client=self.client,
@@ -111,10 +114,27 @@ class FirestoreDirectory(SessionDirectory):
             cipher=self.cipher,
             encrypt_pii=self.encrypt_pii,
         )
+        session.store.fence = lease
+        return session
 
     def new_lease(self, user_id: str, *, holder: str, ttl: float) -> FirestoreLease:
-        doc = self._doc(user_id)
-        return FirestoreLease(doc, self.client, holder=holder, ttl=ttl, rpc_timeout=min(self.rpc_timeout, 5.0))
+        # The session's own reader checks the document inside the lease's transaction.
+        reader = FirestoreStore(self.key(user_id), self.client, cipher=self.cipher, encrypt_pii=self.encrypt_pii)
+        rpc_timeout = min(self.rpc_timeout, 5.0)
+        return FirestoreLease(
+            reader.doc, self.client, holder=holder, ttl=ttl, rpc_timeout=rpc_timeout, check=reader.parse
+        )
+
+    def bot_lease(self, session: SessionCore) -> FirestoreLease | None:
+        if not (isinstance(session, FirestoreSession) and session.key == BotSessionKey(self.bot_id)):
+            raise ConfigError("session", f"is not the bot's own session of {self.bot_id} (use create_bot_session())")
+        return session.store.fence
+
+    def watch_handoffs(
+        self, holder: str, on_request: Callable[[str], None], *, bot: bool = False
+    ) -> Callable[[], None] | None:
+        collection = bot_document(self.client, self.bot_id).collection(BOT_SESSION) if bot else self.collection
+        return watch_handoffs(collection, holder, on_request)
 
     def register(self, user_id: str, credentials: ApiCredentials | None) -> bool:
         from google.api_core.exceptions import Conflict

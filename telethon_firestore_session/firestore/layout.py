@@ -5,6 +5,7 @@
     bots/{bot_id}/user_sessions/{user_id}                session document
     bots/{bot_id}/user_sessions/{user_id}/entities/{id}   one per cached entity (marked id)
     bots/{bot_id}/user_sessions/{user_id}/sent_files/{k}  one per cached upload
+    bots/{bot_id}/bot_session/session                    the bot's own session (same layout)
 
 Besides the paths and the document codecs, this module holds what every Firestore
 module shares: the retry policies (:class:`RetryPolicy`), the one helper that commits
@@ -32,7 +33,7 @@ from telethon_firestore_session.errors import (
     SessionCorruptError,
     SessionStoreError,
 )
-from telethon_firestore_session.ids import SessionKey, validate_id
+from telethon_firestore_session.ids import BotSessionKey, SessionKey, validate_id
 from telethon_firestore_session.sealing import PII_FIELDS, Sealer
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ BOTS = "bots"
 USER_SESSIONS = "user_sessions"
 ENTITIES = "entities"
 SENT_FILES = "sent_files"
+#: The collection of the bot's own session document (:class:`~telethon_firestore_session.ids.BotSessionKey`).
+BOT_SESSION = "bot_session"
 #: The subcollections of a session document; deleting a session deletes them.
 SUBCOLLECTIONS = (ENTITIES, SENT_FILES)
 
@@ -77,7 +80,10 @@ def sessions_collection(client: firestore.Client, bot_id: str) -> firestore.Coll
 
 
 def session_document(client: firestore.Client, key: SessionKey) -> firestore.DocumentReference:
-    """The session document of ``key``: ``bots/{bot_id}/user_sessions/{user_id}``."""
+    """The session document of ``key``: ``bots/{bot_id}/user_sessions/{user_id}``, the bot's ``bot_session/session``."""
+    if isinstance(key, BotSessionKey):
+        doc: firestore.DocumentReference = bot_document(client, key.bot_id).collection(BOT_SESSION).document("session")
+        return doc
     return sessions_collection(client, key.bot_id).document(key.user_id)
 
 

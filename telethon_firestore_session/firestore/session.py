@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from telethon_firestore_session.core import SessionCore, reseal_each
 from telethon_firestore_session.errors import ConfigError
-from telethon_firestore_session.ids import SessionKey
+from telethon_firestore_session.ids import BotSessionKey, SessionKey
 
 from .layout import RPC_RETRY, iter_sessions
 from .store import FirestoreStore
@@ -102,7 +102,8 @@ class FirestoreSession(SessionCore):
     in the store (on ``save()``, in the background writer and in lazy lookups),
     never on the hot path.
 
-    :param user_id: the user whose session this is (str or int).
+    :param user_id: the user whose session this is (str or int), or ``BotSessionKey(bot_id)``
+        for the bot's own session (what :func:`~telethon_firestore_session.create_bot_session` passes).
     :param bot_id: the bot (or application) the user belongs to.
     :param client: an existing ``google.cloud.firestore.Client`` (e.g. from ``firebase_admin``).
     :param project: the Google Cloud project, when no ``client`` is given
@@ -120,7 +121,7 @@ class FirestoreSession(SessionCore):
 
     def __init__(
         self,
-        user_id: str | int,
+        user_id: str | int | BotSessionKey,
         *,
         bot_id: str,
         client: firestore.Client | None = None,
@@ -132,7 +133,7 @@ class FirestoreSession(SessionCore):
         cipher: SessionCipher | None = None,
         encrypt_pii: bool = False,
     ) -> None:
-        key = SessionKey(bot_id, user_id)
+        key = user_id if isinstance(user_id, BotSessionKey) else SessionKey(bot_id, user_id)
         if encrypt_pii and cipher is None:
             raise ConfigError("encrypt_pii", "needs a cipher (SESSION_ENCRYPTION_KEY) to seal entity fields")
         if client is None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from telethon_firestore_session.core import Changes, EntityRow, FileKey, SessionHeader, Store, StoredSession
-from telethon_firestore_session.errors import ConfigError, SessionDecryptionError, wrap_store_errors
+from telethon_firestore_session.errors import ConfigError, SessionDecryptionError, SessionInUseError, wrap_store_errors
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.sealing import PII_FIELDS, KeyState, Sealer
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
     from telethon_firestore_session.crypto import SessionCipher
+
+    from .lease import FirestoreLease
 
 __all__ = ["FirestoreStore"]
 
@@ -76,6 +78,9 @@ class FirestoreStore(Store):
         self._call = RPC_RETRY.call(rpc_timeout)
         self._lookup = LOOKUP_RETRY.call(lookup_timeout)
         self._exists = False
+        #: The lease that fences this session's writes while the session manager holds it
+        #: (see :meth:`FirestoreLease.commit`); ``None``: unconditional writes.
+        self.fence: FirestoreLease | None = None
         #: Number of Firestore commits and document writes made by ``write_changes``.
         self.commits = 0
         self.writes = 0
@@ -88,7 +93,14 @@ class FirestoreStore(Store):
         if not snap.exists:
             return None
         self._exists = True
-        return self._open_stored(parse_session_document(snap.to_dict() or {}, self.where))
+        return self.parse(snap.to_dict() or {})
+
+    def parse(self, data: dict[str, Any]) -> StoredSession:
+        """A session document's data, checked and its auth key opened; raises what :meth:`load` raises.
+
+        Writes nothing: the lease runs it before its first write (``FirestoreLease(check=...)``).
+        """
+        return self._open_stored(parse_session_document(data, self.where))
 
     def _open_stored(self, stored: StoredSession) -> StoredSession:
         """Open the stored auth key (one rule for both stores: see :mod:`..sealing`)."""
@@ -158,14 +170,17 @@ class FirestoreStore(Store):
     # -- writing ------------------------------------------------------------------------
 
     def _header_fields(self, header: SessionHeader) -> dict[str, Any]:
-        # migrate.py still calls this name; new code passes the header to change_writes().
         fields = touch_fields(created=not self._exists)
         fields.update(header_fields(header, self.sealer.seal_auth_key(header.auth_key)))
         return fields
 
     def write_session(self, header: SessionHeader) -> None:
         with wrap_store_errors("write", self.where):
-            self.doc.set(self._header_fields(header), merge=True, **self._call)
+            if self.fence is None:
+                self.doc.set(self._header_fields(header), merge=True, **self._call)
+            elif self.fence.commit([Write(self.doc, "merge", self._header_fields(header))], self._call) is None:
+                lost_to = self.fence.lost_to
+                raise SessionInUseError(self.where, lost_to.holder if lost_to else None)
         self._exists = True
 
     def change_writes(self, changes: Changes, header: SessionHeader | None = None) -> Iterator[Write]:
@@ -187,17 +202,22 @@ class FirestoreStore(Store):
         for key, value in changes.files.items():
             yield Write(files.document(file_doc_id(key)), "set", file_fields(key, value))
 
-    def _operations(self, changes: Changes) -> Iterator[tuple[Any, dict[str, Any]]]:
-        # migrate.py still calls this name; new code uses change_writes().
-        for w in self.change_writes(changes):
-            assert w.fields is not None
-            yield w.ref, w.fields
-
     def write_changes(self, changes: Changes) -> None:
-        for chunk, _ in commit_in_chunks(self.client, self.change_writes(changes), self._call):
-            self.commits += 1
-            self.writes += len(chunk)
+        if self.fence is not None:
+            sizes = self.fence.commit(self.change_writes(changes), self._call)
+            if sizes is None:  # never retried: the session belongs to another holder now
+                log.warning("%s: dropped %d records: this instance lost the lease", self.where, len(changes))
+                return
+        else:
+            sizes = [len(chunk) for chunk, _ in commit_in_chunks(self.client, self.change_writes(changes), self._call)]
+        self.commits += len(sizes)
+        self.writes += sum(sizes)
         self._exists = True
+
+    def close(self) -> None:
+        """Release the lease that fences this session, if any: a leased session's use ends when it closes."""
+        if self.fence is not None:
+            self.fence.release()
 
     def delete(self) -> None:
         with wrap_store_errors("delete", self.where):

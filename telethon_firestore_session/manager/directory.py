@@ -222,14 +222,36 @@ class SessionDirectory(abc.ABC):
     # -- the interface -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def open_session(self, user_id: str, *, flush_interval: float, close_timeout: float) -> SessionCore:
+    def open_session(
+        self, user_id: str, *, flush_interval: float, close_timeout: float, lease: FirestoreLease | None = None
+    ) -> SessionCore:
         """Open (load) the user's Telethon session. May create an empty one.
+
+        ``lease`` (from :meth:`new_lease`, held) fences the session's writes.
 
         :raises SessionInUseError: a local file lock is held elsewhere.
         """
 
     def new_lease(self, user_id: str, *, holder: str, ttl: float) -> FirestoreLease | None:
-        """The lease guarding the user's session, or ``None`` where a file lock does that."""
+        """The lease guarding the user's session, or ``None`` where a file lock does that.
+
+        Taking it checks that the session can be opened before anything is written.
+        """
+        return None
+
+    @abc.abstractmethod
+    def bot_lease(self, session: SessionCore) -> FirestoreLease | None:
+        """The lease held by the bot's own session (``create_bot_session()``), ``None`` where a file lock is.
+
+        :raises ConfigError: ``session`` is not this bot's own session.
+        """
+
+    def watch_handoffs(
+        self, holder: str, on_request: Callable[[str], None], *, bot: bool = False
+    ) -> Callable[[], None] | None:
+        """Call ``on_request(user_id)`` (from another thread) when another instance asks ``holder``
+        for a session (with ``bot``, for the bot's own); return what stops it, or ``None`` where
+        sessions are not handed over (local files: see the README)."""
         return None
 
     @abc.abstractmethod

@@ -20,12 +20,17 @@ Promises:
   session is flushed first: entities and update states are written before the
   client disconnects (waiting at most ``flush_timeout``), the auth key always is.
 * A Firestore session is leased (``lease{holder, expires_at}`` on the session
-  document) while this manager has its client open: another instance gets
-  :class:`~telethon_firestore_session.errors.SessionInUseError` instead of a
-  second connection on the same auth key (which Telegram punishes with
+  document) while this manager has its client open: another instance asks this
+  one to hand the session over and waits up to ``handoff_timeout`` seconds, then
+  gets :class:`~telethon_firestore_session.errors.SessionInUseError`, instead of
+  a second connection on the same auth key (which Telegram punishes with
   ``AuthKeyDuplicatedError``). If this process dies, the lease expires after
-  ``lease_ttl`` seconds and another instance takes over. SQLite files keep their
-  OS file lock instead.
+  ``lease_ttl`` seconds and another instance takes over; a holder paused past its
+  lease writes nothing more (fencing, see :mod:`~telethon_firestore_session.firestore.lease`).
+  SQLite files keep their OS file lock instead.
+* :meth:`UserSessionManager.run` (or :meth:`~UserSessionManager.stop_on_signals`)
+  stops cleanly on SIGTERM and SIGINT: no new clients, every client flushed and
+  disconnected, every lease released, within ``shutdown_timeout`` seconds.
 * The pending login (phone, phone-code hash, expiry) is stored with the session
   (sealed when a cipher is configured), so a restart or another instance can
   finish a login that this one began.
@@ -39,20 +44,21 @@ import asyncio
 import datetime
 import logging
 import os
-import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from telethon import TelegramClient, utils
 
 from telethon_firestore_session.config import open_directory
-from telethon_firestore_session.errors import ConfigError, SessionClosedError, SessionError
+from telethon_firestore_session.errors import ConfigError, SessionClosedError
 from telethon_firestore_session.firestore.lease import DEFAULT_LEASE_TTL, make_holder_id
 from telethon_firestore_session.ids import validate_id
 
-from .cache import ClientCache
+from .cache import ClientCache, client_maker
 from .directory import ApiCredentials, SessionDirectory, UserRecord
 from .health import HealthCheck
+from .lifecycle import Lifecycle
 from .login import LoginSteps
 from .records import LoginResult, LoginStatus, UserSessionInfo
 
@@ -60,7 +66,6 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
     from telethon_firestore_session.config import SessionConfig
-    from telethon_firestore_session.core import SessionCore
     from telethon_firestore_session.crypto import SessionCipher
 
 __all__ = [
@@ -82,7 +87,13 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-class UserSessionManager:
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be positive")
+
+
+class UserSessionManager(Lifecycle):
     """One Telegram client per user of a bot, stored in Firestore or in local SQLite files.
 
     The default is local: ``UserSessionManager("mybot", api_id=..., api_hash=...)``
@@ -90,8 +101,8 @@ class UserSessionManager:
     ``bots/{bot_id}/user_sessions`` (pass ``firestore_client=`` or ``project=``).
     :func:`create_user_session_manager_from_config` builds it from the environment.
 
-    Use it as ``async with manager:`` or call :meth:`aclose`, which disconnects
-    every client, flushes every session and releases every lease.
+    ``async with manager:``, ``manager.run(main)`` (which also stops on SIGTERM/SIGINT: see
+    :class:`.lifecycle.Lifecycle`) or :meth:`aclose` end by closing every client (flushed) and lease.
 
     :param bot_id: the bot (or application) whose users these are.
     :param backend: ``"sqlite"`` (default) or ``"firestore"``.
@@ -118,6 +129,8 @@ class UserSessionManager:
     :param rpc_timeout: deadline of each Firestore call made by the directory and sessions.
     :param health_timeout: the bound on :meth:`health_check`'s backend round trip.
     :param holder_id: this instance's name in leases (default ``hostname:pid:random``).
+    :param handoff_timeout: how long to wait for another instance to hand a session over (0: do not ask).
+    :param shutdown_timeout: the bound on :meth:`aclose` (and so on a stop by signal).
     """
 
     def __init__(
@@ -144,18 +157,19 @@ class UserSessionManager:
         rpc_timeout: float = 10.0,
         health_timeout: float = 5.0,
         holder_id: str | None = None,
+        handoff_timeout: float = 15.0,
+        shutdown_timeout: float = 20.0,
     ) -> None:
         if max_active_clients < 1:
             raise ValueError("max_active_clients must be at least 1")
-        for name, value in (
-            ("idle_timeout", idle_timeout),
-            ("lease_ttl", lease_ttl),
-            ("login_timeout", login_timeout),
-            ("flush_timeout", flush_timeout),
-            ("health_timeout", health_timeout),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive")
+        _check_positive(
+            idle_timeout=idle_timeout,
+            lease_ttl=lease_ttl,
+            login_timeout=login_timeout,
+            flush_timeout=flush_timeout,
+            health_timeout=health_timeout,
+            shutdown_timeout=shutdown_timeout,
+        )
         if (api_id is None) != (api_hash is None):
             raise ConfigError("API_ID/API_HASH", "give both the default api_id and api_hash, or neither")
         if directory is None:
@@ -174,9 +188,8 @@ class UserSessionManager:
         elif bot_id is not None and validate_id("bot_id", bot_id) != directory.bot_id:
             raise ConfigError("bot_id", f"{bot_id!r} does not match the directory's bot_id {directory.bot_id!r}")
         self._directory = directory
-        self._default_credentials = ApiCredentials(api_id, api_hash) if api_id is not None and api_hash else None
-        self._client_factory = client_factory
-        self._client_kwargs = dict(client_kwargs or {})
+        default = ApiCredentials(api_id, api_hash) if api_id is not None and api_hash else None
+        make_client = client_maker(client_factory, default, dict(client_kwargs or {}))
         self.max_active_clients = max_active_clients
         self.idle_timeout = idle_timeout
         self.lease_ttl = lease_ttl
@@ -185,6 +198,10 @@ class UserSessionManager:
         self.flush_timeout = flush_timeout
         self.health_timeout = health_timeout
         self.holder_id = holder_id or make_holder_id()
+        self.handoff_timeout = max(0.0, handoff_timeout)
+        self.shutdown_timeout = shutdown_timeout
+        #: A client asked for by another instance is handed over once unused for this many seconds.
+        self.handoff_grace = 1.0
         #: Seconds between housekeeping rounds (idle eviction, lease renewal, lost leases).
         self.housekeeping_interval = max(0.05, min(idle_timeout / 4, lease_ttl / 6, 30.0))
         #: A backend round trip slower than this makes ``health_check`` report "degraded".
@@ -192,10 +209,11 @@ class UserSessionManager:
         #: A writer queue deeper than this makes ``health_check`` report "degraded".
         self.degraded_queue_depth = 10_000
 
-        self._cache = ClientCache(directory, self, self._make_client)
-        self._login = LoginSteps(directory, self._cache, self._note_authorized)
+        self._cache = ClientCache(directory, self, make_client)
+        self._login = LoginSteps(directory, self._cache, self._cache.note_authorized)
         self._health = HealthCheck(directory, self._cache, self)
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         #: Clients disconnected because of ``max_active_clients`` / ``idle_timeout`` / a lost lease.
         self.evictions = self._cache.evictions
 
@@ -221,12 +239,6 @@ class UserSessionManager:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> UserSessionManager:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError("the UserSessionManager was closed")
@@ -235,33 +247,30 @@ class UserSessionManager:
     async def _call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(func, *args, **kwargs)
 
-    # -- clients ---------------------------------------------------------------------------------
-
-    def _make_client(self, session: SessionCore, record: UserRecord) -> Any:
-        creds = record.api_credentials or self._default_credentials
-        if creds is None:
-            raise ConfigError(
-                "API_ID",
-                f"user {record.user_id} has no api_id/api_hash of their own and the manager has no default "
-                "(pass api_id= and api_hash=, or set API_ID and API_HASH)",
-            )
-        return self._client_factory(session, creds.api_id, creds.api_hash, **self._client_kwargs)
-
     # -- users ------------------------------------------------------------------------------------
 
     async def create_user_session(
         self, user_id: str | int, *, api_id: int | None = None, api_hash: str | None = None
     ) -> bool:
-        """Register a user. Idempotent.
+        """Make sure the user is registered: ``True`` once they are (new or not). Idempotent.
+
+        The original system's ``success = await create_user_session(...)``; to know
+        whether the user is new, call :meth:`register_user`.
 
         :param api_id: the user's own Telegram API id (optional; with ``api_hash``).
             Stored with the session, the hash sealed when a cipher is configured.
             New credentials for a known user replace theirs (an open client keeps
             the old ones until it is reopened).
-        :returns: ``True`` if the user was registered now, ``False`` if they already were.
         :raises InvalidSessionIdError: for an id that could escape its place.
         :raises SessionStoreError: the backend failed (nothing was registered).
         """
+        await self.register_user(user_id, api_id=api_id, api_hash=api_hash)
+        return True
+
+    async def register_user(
+        self, user_id: str | int, *, api_id: int | None = None, api_hash: str | None = None
+    ) -> bool:
+        """Register a user like :meth:`create_user_session`; ``True`` if they are new, ``False`` if they were known."""
         uid = validate_id("user_id", user_id)
         self._check_open()
         if (api_id is None) != (api_hash is None):
@@ -280,6 +289,8 @@ class UserSessionManager:
         concurrent calls for one user return the same object, at most
         ``max_active_clients`` stay connected, and one unused for ``idle_timeout``
         seconds is flushed and disconnected (call this again to get a new one).
+        While another live instance holds the user (Firestore), it is asked to hand
+        the session over, and this waits up to ``handoff_timeout`` seconds.
 
         :raises SessionInUseError: another instance (lease) or process (file lock) has it.
         :raises SessionStoreError: the backend failed.
@@ -287,24 +298,8 @@ class UserSessionManager:
         """
         uid = validate_id("user_id", user_id)
         self._check_open()
-        async with self._cache.lock(uid):
-            entry = await self._cache.open(uid, login=False)
-            if entry is None:
-                return None
-            if entry.authorized is None:
-                entry.authorized = bool(await entry.client.is_user_authorized())
-                await self._note_authorized(uid, entry.authorized)
-            client = entry.client if entry.authorized else None
-            if client is None and not entry.login_pending:
-                await self._cache.close(entry)
-        await self._cache.enforce_limit()
+        client: TelegramClient | None = await self._cache.logged_in_client(uid)
         return client
-
-    async def _note_authorized(self, uid: str, authorized: bool) -> None:
-        try:
-            await self._call(self._directory.update_user, uid, logged_in=authorized)
-        except SessionError as exc:
-            log.warning("cannot record the login state of %s/%s: %s", self.bot_id, uid, exc)
 
     async def is_logged_in(self, user_id: str | int) -> bool:
         """Whether the user is logged in, as last recorded (no Telegram round trip)."""
@@ -467,13 +462,31 @@ class UserSessionManager:
         """A handle that exposes only ``user_id``'s own client, login and session info."""
         return UserSession(self, validate_id("user_id", user_id))
 
+    async def start_bot(self, client: TelegramClient, *, bot_token: str) -> TelegramClient:
+        """Start the bot's client (on ``create_bot_session()``, already leased) and keep it until :meth:`aclose`.
+
+        ``client.start(bot_token=...)`` logs in only if the stored session is not: a restart
+        makes no new bot login. Another instance that asks for the bot session gets it at
+        once: this client is flushed and disconnected (``run_until_disconnected()`` returns).
+
+        :raises ConfigError: ``client.session`` is not this bot's own session.
+        """
+        self._check_open()
+        await self._cache.start_bot(client, bot_token, self._directory.bot_lease(client.session))
+        return client
+
     async def aclose(self) -> None:
-        """Flush every session, disconnect every client, release every lease. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._cache.aclose()
-        await self._call(self._directory.close)
+        """Flush every session, disconnect every client, release every lease. Idempotent.
+
+        New calls fail with ``SessionClosedError`` at once; the rest is bounded by
+        ``shutdown_timeout`` (what is not written by then is logged; leases not
+        released then expire after ``lease_ttl``). A concurrent call waits for the first.
+        """
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._cache.aclose(time.monotonic() + self.shutdown_timeout))
+        if not self._closing.done():
+            await asyncio.shield(self._closing)
 
 
 class UserSession:
@@ -498,7 +511,7 @@ class UserSession:
 
     async def register(self, *, api_id: int | None = None, api_hash: str | None = None) -> bool:
         """Register this user (optionally with their own API credentials); ``True`` if new."""
-        return await self.__manager.create_user_session(self.__user_id, api_id=api_id, api_hash=api_hash)
+        return await self.__manager.register_user(self.__user_id, api_id=api_id, api_hash=api_hash)
 
     async def get_client(self) -> TelegramClient | None:
         """This user's connected, logged-in client, or ``None`` (see ``get_user_client``)."""
@@ -543,8 +556,7 @@ def create_user_session_manager_from_config(config: SessionConfig | None = None,
         config = SessionConfig.from_env()
     kwargs: dict[str, Any] = {"api_id": config.api_id, "api_hash": config.api_hash}
     if config.render and config.instance_id:
-        # Like make_holder_id(), with Render's instance id in place of the container's host name.
-        kwargs["holder_id"] = f"{config.instance_id}:{os.getpid()}:{secrets.token_hex(4)}"
+        kwargs["holder_id"] = config.holder_id()  # Render's instance id in place of the container's host name
     kwargs.update(options)
     if "directory" not in kwargs:
         given = kwargs.pop("firestore_client", None)

@@ -30,6 +30,7 @@ from .store import SQLiteStore
 if TYPE_CHECKING:
     from telethon_firestore_session.core import SessionCore
     from telethon_firestore_session.crypto import SessionCipher
+    from telethon_firestore_session.firestore.lease import FirestoreLease
 
 __all__ = ["SQLiteDirectory"]
 
@@ -144,7 +145,9 @@ class SQLiteDirectory(SessionDirectory):
 
     # -- the interface -----------------------------------------------------------------------
 
-    def open_session(self, user_id: str, *, flush_interval: float, close_timeout: float) -> SessionCore:
+    def open_session(
+        self, user_id: str, *, flush_interval: float, close_timeout: float, lease: FirestoreLease | None = None
+    ) -> SessionCore:
         return ScopedSQLiteSession(
             user_id,
             bot_id=self.bot_id,
@@ -154,6 +157,12 @@ class SQLiteDirectory(SessionDirectory):
             flush_interval=flush_interval,
             close_timeout=close_timeout,
         )
+
+    def bot_lease(self, session: SessionCore) -> FirestoreLease | None:
+        """``None``: the bot's session file is locked while it is open."""
+        if not (isinstance(session, ScopedSQLiteSession) and session.path == self.bot_dir / "bot.session"):
+            raise ConfigError("session", f"is not the bot's own session of {self.bot_id} (use create_bot_session())")
+        return None
 
     def register(self, user_id: str, credentials: ApiCredentials | None) -> bool:
         created = False

@@ -4,6 +4,7 @@ Layout::
 
     {sessions_dir}/{bot_id}/                 0700
         user_{user_id}.session    0600       Telethon's schema (see :mod:`.schema`), locked while open
+        bot.session               0600       the bot's own session (same schema; not in metadata.json)
         metadata.json             0600       one entry per user (below)
         metadata.lock                        serialises metadata.json writers across processes
 
@@ -34,7 +35,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,7 +45,7 @@ from telethon_firestore_session.errors import (
     SessionInUseError,
     SessionStoreError,
 )
-from telethon_firestore_session.ids import SessionKey, validate_id
+from telethon_firestore_session.ids import BotSessionKey, SessionKey, validate_id
 
 try:
     import fcntl
@@ -56,6 +57,7 @@ __all__ = [
     "FileLock",
     "UserFiles",
     "list_sqlite_sessions",
+    "locked_files",
     "read_metadata",
     "session_path",
     "user_files",
@@ -158,13 +160,14 @@ def bot_dir(sessions_dir: str | os.PathLike[str], bot_id: object) -> tuple[Path,
 
 
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
-    """``{sessions_dir}/{bot_id}/user_{user_id}.session`` (absolute).
+    """``{sessions_dir}/{bot_id}/user_{user_id}.session`` (absolute); ``bot.session`` for a :class:`BotSessionKey`.
 
     :raises InvalidSessionIdError: if an id is invalid, the bot directory (through a
         symbolic link) lies outside ``sessions_dir``, or the session file is a symbolic link.
     """
     _, directory = bot_dir(sessions_dir, key.bot_id)
-    path = directory / f"user_{key.user_id}{SESSION_SUFFIX}"
+    name = f"bot{SESSION_SUFFIX}" if isinstance(key, BotSessionKey) else f"user_{key.user_id}{SESSION_SUFFIX}"
+    path = directory / name
     if path.is_symlink():
         raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
     return path
@@ -298,6 +301,61 @@ class FileLock:
         finally:
             with _held_lock:
                 _held.discard(self.held_key)
+
+
+def _flock_inodes() -> set[int] | None:
+    """Inodes with a ``flock`` lock held, from ``/proc/locks`` (Linux); ``None`` where it does not exist.
+
+    Only the inode is compared: overlay file systems (containers) report another device there.
+    """
+    try:
+        text = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    inodes: set[int] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        with contextlib.suppress(IndexError, ValueError):
+            inodes.add(int(parts[5].rsplit(":", 1)[1]))
+    return inodes
+
+
+def _probe(path: Path) -> bool:
+    """Whether an exclusive ``flock`` is held on ``path``: a shared probe fails only then."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def locked_files(paths: Iterable[Path]) -> list[Path]:
+    """The session files among ``paths`` that a running process holds open (its :class:`FileLock`).
+
+    On Linux the kernel's lock table is read, which takes no lock, so a bot opening its
+    session at that moment is never disturbed; elsewhere each file is probed with a
+    shared lock. Not for files this process has open (closing the probe's descriptor
+    would drop this process's SQLite locks on them).
+    """
+    inodes = _flock_inodes()
+    if inodes is None:
+        return [p for p in paths if _probe(p)]
+    locked = []
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.stat().st_ino in inodes:
+                locked.append(p)
+    return locked
 
 
 # -- metadata.json: reading ---------------------------------------------------------------------

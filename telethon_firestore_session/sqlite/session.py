@@ -7,7 +7,7 @@ from pathlib import Path
 
 from telethon_firestore_session.core import SessionCore, reseal_each
 from telethon_firestore_session.crypto import SessionCipher
-from telethon_firestore_session.ids import SessionKey
+from telethon_firestore_session.ids import BotSessionKey, SessionKey
 
 from . import files
 from .store import SQLiteStore
@@ -84,7 +84,8 @@ class ScopedSQLiteSession(SessionCore):
     Telethon, whose client then fails with ``AuthKeyNotFound`` (Telegram does not know
     the envelope as a key).
 
-    :param user_id: the user whose session this is (str or int).
+    :param user_id: the user whose session this is (str or int), or ``BotSessionKey(bot_id)``
+        for the bot's own session (what :func:`~telethon_firestore_session.create_bot_session` passes).
     :param bot_id: the bot (or application) the user belongs to.
     :param sessions_dir: the directory that holds a folder per bot.
     :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`
@@ -102,7 +103,7 @@ class ScopedSQLiteSession(SessionCore):
 
     def __init__(
         self,
-        user_id: str | int,
+        user_id: str | int | BotSessionKey,
         *,
         bot_id: str,
         sessions_dir: str | os.PathLike[str] = "sessions",
@@ -111,7 +112,7 @@ class ScopedSQLiteSession(SessionCore):
         flush_interval: float = 5.0,
         close_timeout: float = 10.0,
     ) -> None:
-        key = SessionKey(bot_id, user_id)
+        key = user_id if isinstance(user_id, BotSessionKey) else SessionKey(bot_id, user_id)
         self.key = key
         store = SQLiteStore(key, sessions_dir, cipher=cipher, encrypt_pii=encrypt_pii)
         self._sqlite = store

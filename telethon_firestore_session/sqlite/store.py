@@ -71,7 +71,7 @@ from telethon_firestore_session.errors import (
     store_error,
     wrap_store_errors,
 )
-from telethon_firestore_session.ids import SessionKey
+from telethon_firestore_session.ids import BotSessionKey, SessionKey
 from telethon_firestore_session.sealing import KeyState, Sealer
 
 from . import files, schema
@@ -376,6 +376,8 @@ class SQLiteStore(Store):
         """Update this user's metadata.json entry; a failure is logged, never raised."""
         self._metadata_due = False
         self._metadata_at = time.monotonic()
+        if isinstance(self.key, BotSessionKey):
+            return  # metadata.json lists users; the bot's own session is not one
         try:
             files.record_session(self.bot_dir, self.key.user_id, self.path)
         except Exception as exc:  # noqa: BLE001 - metadata is an index of the files, never worth failing a write
@@ -398,6 +400,8 @@ class SQLiteStore(Store):
             finally:
                 handle.close()
             self._metadata_due = self._wrote = False
+            if isinstance(self.key, BotSessionKey):
+                return
             try:
                 files.forget_session(self.bot_dir, self.key.user_id)
             except Exception as exc:  # noqa: BLE001 - the file is gone; the index is rebuilt from files
