@@ -131,8 +131,8 @@ def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
 
 
 #: A test using one of these is slow: it pauses the emulator (and waits for timeouts by design),
-#: or starts an emulator of its own.
-SLOW_FIXTURES = frozenset({"paused", "rules_emulator"})
+#: starts an emulator of its own, or runs a lease holder in another process.
+SLOW_FIXTURES = frozenset({"paused", "rules_emulator", "holder_process"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the marker

@@ -516,6 +516,7 @@ async def test_an_unreadable_document_stays_as_it_was(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_an_idle_client_is_handed_over_to_another_instance(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
@@ -541,6 +542,7 @@ async def test_an_idle_client_is_handed_over_to_another_instance(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_a_client_in_use_is_handed_over_only_once_idle(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:

@@ -350,6 +350,7 @@ async def test_a_client_logged_out_behind_the_managers_back_is_forgotten(env: En
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_wait_written_waits_for_the_writer_and_hands_nothing_over(
     firestore_client: Any, bot_id: str, emulator: Any
 ) -> None:
@@ -905,6 +906,7 @@ def _open_bot_session(env: Env) -> Any:
     return ScopedSQLiteSession(key, bot_id=env.bot_id, sessions_dir=env.sessions_dir)
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_cleanly_and_a_restart_reuses_the_bots_session(env: Env, tmp_path: Path) -> None:
     env.fake.add_bot(BOT_TOKEN, username="testbot")
     env.fake.pts = 3
