@@ -418,6 +418,11 @@ class SessionCore(Session):  # type: ignore[misc]
         self._rewrite_header = loaded.needs_rewrite
 
     @property
+    def store(self) -> Store | None:
+        """The store this session is bound to (``None`` for a session in memory)."""
+        return self._store
+
+    @property
     def _bound_writer(self) -> BackgroundWriter:
         if self._writer is None:
             self._writer = BackgroundWriter.get()

@@ -176,7 +176,7 @@ class Sealer:
             return ()
         return self.cipher.blind_indexes(value, where=self.context, field=field)
 
-    def check_blind_index(self, entity_id: int, field: str, value: str, index: str) -> None:
+    def check_blind_index(self, entity_id: int | str, field: str, value: str, index: object) -> None:
         """Raise unless ``index`` is the blind index of the opened ``value`` (the row was changed outside)."""
         if index not in self.blind_indexes(field, value):
             raise SessionDecryptionError(

@@ -3,7 +3,8 @@
 ``emulator`` (session scope) starts the emulator jar on a free loopback port,
 or uses the one in ``FIRESTORE_EMULATOR_HOST``. ``firestore_client`` resets the
 emulator's data before each test. Without the emulator those tests skip with
-an install hint; under ``CI=true`` they fail instead.
+an install hint; under ``CI=true`` they fail instead. ``paused`` lets a test
+pause the emulator; such a test, like one using an emulator of its own, is marked ``slow``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pytest
 
 from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.sqlite import ScopedSQLiteSession
-from tests.common import BOT, KEY_NEW, KEY_OLD, Opener
+from telethon_firestore_session.testing.encryption import new_cipher, old_cipher
+from tests.common import BOT, Opener
 from tests.emulator import INSTALL_HINT, Emulator, find_jar
+from tests.leaks import debug_logging
 
 PROJECT = "demo-telethon-firestore-session"
 
@@ -107,10 +110,41 @@ def opener(sdir: Path) -> Iterator[Opener]:
 @pytest.fixture
 def old() -> SessionCipher:
     """A cipher with only the old key."""
-    return SessionCipher(KEY_OLD)
+    return old_cipher()
 
 
 @pytest.fixture
 def new() -> SessionCipher:
     """The rotated cipher: the new key, still opening the old one."""
-    return SessionCipher(KEY_NEW, [KEY_OLD])
+    return new_cipher()
+
+
+@pytest.fixture
+def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
+    """The emulator, for a test body that pauses it (``paused.pause()``); always resumed afterwards."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    try:
+        yield emulator
+    finally:
+        emulator.resume()
+
+
+#: A test using one of these is slow: it pauses the emulator (and waits for timeouts by design),
+#: starts an emulator of its own, or runs a lease holder in another process.
+SLOW_FIXTURES = frozenset({"paused", "rules_emulator", "holder_process"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use a :data:`SLOW_FIXTURES` fixture ``slow``."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def debug_everywhere() -> Iterator[None]:
+    """DEBUG on the root logger and on the libraries' own loggers (telethon, google, grpc) for the test."""
+    with debug_logging():
+        yield

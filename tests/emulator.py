@@ -128,25 +128,39 @@ class Emulator:
     def pause(self) -> None:
         """Freeze the JVM (SIGSTOP): RPCs hang until :meth:`resume`.
 
-        ``kill`` returns before every thread has stopped; a busy JVM (a listener's stream
-        open) may still answer a request meanwhile, so wait until all its threads show it.
+        Returns once every thread of the JVM is stopped. ``kill()`` only queues the
+        signal: each thread stops when the kernel next schedules it, and on a busy
+        machine a thread can still answer an RPC a few milliseconds after ``kill()``
+        returned (a write meant to hang then succeeds).
         """
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGSTOP)
-        tasks = Path(f"/proc/{self.process.pid}/task")
-        deadline = time.monotonic() + 5.0
-        while tasks.is_dir() and time.monotonic() < deadline:
-            states = []
-            for stat in tasks.glob("*/stat"):
-                with contextlib.suppress(OSError):
-                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-            if all(state in ("T", "t") for state in states):
-                return
-            time.sleep(0.01)
+        self._wait_for_threads(stopped=True)
 
     def resume(self) -> None:
+        """Let the JVM run again (SIGCONT); returns once no thread of it is stopped."""
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGCONT)
+        self._wait_for_threads(stopped=False)
+
+    def _wait_for_threads(self, *, stopped: bool, timeout: float = 10.0) -> None:
+        """Wait until every thread of the JVM is (or no thread is) in state ``T``, read from ``/proc``."""
+        assert self.process is not None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        if not tasks.is_dir():  # not Linux: no way to see it; give the signal a moment
+            time.sleep(0.5)
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            states = set()
+            for task in tasks.iterdir():
+                with contextlib.suppress(OSError):  # a thread that just exited
+                    states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            if (states <= {"T", "t"}) if stopped else not (states & {"T", "t"}):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the emulator's threads did not {'stop' if stopped else 'resume'}: {states}")
+            time.sleep(0.002)
 
     def stop(self) -> None:
         """POST /shutdown, then make sure the JVM is gone. Only stops an emulator we started."""

@@ -46,6 +46,8 @@ from telethon_firestore_session.sqlite import ScopedSQLiteSession
 from tests.leaks import find_leaks
 from tests.test_migrate import expected, key_for, populate, summary, telethon_file
 
+pytestmark = pytest.mark.slow  # every test runs the command line as child processes
+
 ROOT = Path(__file__).resolve().parent.parent
 PROG = [sys.executable, "-m", "telethon_firestore_session"]
 TIMEOUT = 60

@@ -467,6 +467,7 @@ def _child(environ: dict[str, str], cwd: Path) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_fresh_process_client_from_create_session_local(tmp_path: Path) -> None:
     config = SessionConfig.from_env(env(SESSIONS_DIR=str(tmp_path / "sessions"), SESSION_ENCRYPTION_KEY=ENC_KEY))
     stored = config.create_session("31")
@@ -483,6 +484,7 @@ def test_fresh_process_client_from_create_session_local(tmp_path: Path) -> None:
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_fresh_process_client_from_create_session_on_render(firestore_client: Any, bot_id: str, tmp_path: Path) -> None:
     host, project = os.environ["FIRESTORE_EMULATOR_HOST"], os.environ["GOOGLE_CLOUD_PROJECT"]
     values = {"BOT_ID": bot_id, "RENDER": "true", "FIRESTORE_EMULATOR_HOST": host, "GOOGLE_CLOUD_PROJECT": project}

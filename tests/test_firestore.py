@@ -5,9 +5,7 @@ stops answering (the real emulator, paused with SIGSTOP)."""
 from __future__ import annotations
 
 import datetime
-import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -49,17 +47,6 @@ def users(n: int, start: int = 1000) -> types.contacts.ResolvedPeer:
 def raw(doc: Any) -> tuple[dict[str, Any] | None, Any]:
     snap = doc.get()
     return (snap.to_dict() if snap.exists else None), (snap.update_time if snap.exists else None)
-
-
-@pytest.fixture
-def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
-    """The emulator, paused for the test body where it calls ``emulator.pause()``; always resumed."""
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
-    try:
-        yield emulator
-    finally:
-        emulator.resume()
 
 
 def open_session(client: Any, bot_id: str, uid: object = "42", **kw: Any) -> FirestoreSession:
@@ -108,22 +95,6 @@ def test_layout_and_write_through(firestore_client: Any, bot_id: str) -> None:
     assert (again.dc_id, again.server_address, again.port, again.takeout_id) == (2, "149.154.167.51", 443, 99)
 
 
-def test_dc_switch_clears_auth_key(firestore_client: Any, bot_id: str) -> None:
-    s = open_session(firestore_client, bot_id)
-    s.set_dc(2, "1.2.3.4", 443)
-    s.auth_key = AuthKey(KEY)
-    s.save()
-    # What TelegramClient._switch_dc does: mutates the AuthKey object, then clears it.
-    assert s.auth_key is not None
-    s.auth_key.key = None
-    s.set_dc(4, "5.6.7.8", 443)
-    s.auth_key = None
-    s.save()
-    again = open_session(firestore_client, bot_id)
-    assert again.auth_key is None
-    assert again.dc_id == 4
-
-
 def test_entities_and_states_are_written_behind(firestore_client: Any, bot_id: str) -> None:
     s = open_session(firestore_client, bot_id)
     s.process_entities(users(3))
@@ -146,21 +117,6 @@ def test_entities_and_states_are_written_behind(firestore_client: Any, bot_id: s
     )
     assert again.get_file(b"\x01" * 16, 1234, types.InputDocument) == types.InputDocument(55, 66, b"")
     assert again.get_input_entity("u1002") == types.InputPeerUser(1002, 1002 * 7)
-
-
-def test_unchanged_entities_are_not_written_again(firestore_client: Any, bot_id: str) -> None:
-    s = open_session(firestore_client, bot_id)
-    s.process_entities(users(20))
-    assert s.flush(10)
-    store = s.store
-    before = store.writes
-    s.process_entities(users(20))
-    assert s.flush(10)
-    assert store.writes == before
-    # One changed user: one entity document (plus the session document's last_active_at).
-    s.process_entities([user(1005, username="renamed", first_name="N")])
-    assert s.flush(10)
-    assert store.writes == before + 2
 
 
 def test_commits_never_exceed_500_writes(
@@ -250,40 +206,6 @@ def test_one_listing_of_a_bots_users(firestore_client: Any, bot_id: str, caplog:
     assert list(iter_sessions(firestore_client, "other-bot", call=call)) == []
 
 
-def test_lazy_lookup_and_cached_misses(firestore_client: Any, bot_id: str) -> None:
-    s = open_session(firestore_client, bot_id)
-    s.process_entities(
-        [
-            user(501, username="Alice", phone="15550001", first_name="Alice", last_name="A"),
-            types.Channel(
-                9001, "Chan", None, datetime.datetime(2024, 1, 1, tzinfo=UTC), access_hash=123, username="chan"
-            ),
-        ]
-    )
-    s.close()
-
-    fresh = open_session(firestore_client, bot_id)
-    assert fresh._entities == {}  # nothing loaded at start
-    assert fresh.get_input_entity(501) == types.InputPeerUser(501, 501 * 7)
-    assert fresh.get_input_entity("@chan") == types.InputPeerChannel(9001, 123)
-    assert fresh.get_input_entity("+1 555 0001") == types.InputPeerUser(501, 501 * 7)
-    assert fresh.get_input_entity("Alice A") == types.InputPeerUser(501, 501 * 7)
-    assert fresh.get_input_entity(9001) == types.InputPeerChannel(9001, 123)  # bare id, not exact
-
-    with pytest.raises(ValueError, match="Could not find"):
-        fresh.get_input_entity("nobody")
-    misses = set(fresh._misses)
-    # The miss is cached: the store is not asked again.
-    store = fresh.store
-    calls: list[str] = []
-    original = store.find_entity
-    store.find_entity = lambda *a: calls.append("q") or original(*a)  # type: ignore[method-assign, func-returns-value]
-    with pytest.raises(ValueError, match="Could not find"):
-        fresh.get_input_entity("nobody")
-    assert calls == []
-    assert fresh._misses == misses
-
-
 def test_username_moves_to_new_owner(firestore_client: Any, bot_id: str) -> None:
     s = open_session(firestore_client, bot_id)
     s.process_entities([user(1, username="shared")])
@@ -366,34 +288,6 @@ def test_accepts_project_without_client(emulator: Emulator, firestore_client: An
     s.auth_key = AuthKey(KEY)
     s.save()
     assert firestore_client.document(f"bots/{bot_id}/user_sessions/7").get().exists
-
-
-def test_repr_and_logs_hide_the_auth_key(firestore_client: Any, bot_id: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    s = open_session(firestore_client, bot_id)
-    s.auth_key = AuthKey(KEY)
-    s.save()
-    s.process_entities(users(3))
-    s.close()
-    text = repr(s) + caplog.text
-    assert "auth_key=set" in repr(s)
-    for form in (KEY.hex(), repr(KEY)[2:40], KEY[:32].hex()):
-        assert form not in text
-
-
-def test_clone_is_detached(firestore_client: Any, bot_id: str) -> None:
-    s = open_session(firestore_client, bot_id)
-    s.set_dc(2, "1.1.1.1", 443)
-    s.auth_key = AuthKey(KEY)
-    s.save()
-    c = s.clone()
-    assert type(c).__name__ == "SessionCore"
-    c.set_dc(203, "9.9.9.9", 443)
-    c.auth_key = AuthKey(b"\x07" * 256)
-    c.save()
-    c.close()
-    data = firestore_client.document(f"bots/{bot_id}/user_sessions/42").get().to_dict()
-    assert data["dc_id"] == 2 and data["auth_key"] == KEY
 
 
 # -- Firestore going away ------------------------------------------------------------------

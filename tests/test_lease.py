@@ -102,6 +102,7 @@ def test_a_lease_is_exclusive_until_released(firestore_client: Any, bot_id: str)
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost(firestore_client: Any, bot_id: str) -> None:
     _doc(firestore_client, bot_id).set({"schema_version": 1})
     a = _lease(firestore_client, bot_id, "host:1:a", ttl=0.5)
@@ -153,6 +154,7 @@ def test_renewal_extends_the_lease_and_the_activity_while_the_document_is_being_
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_renew_if_due_waits_for_a_third_of_the_ttl(firestore_client: Any, bot_id: str) -> None:
     _doc(firestore_client, bot_id).set({"schema_version": 1})
     lease = _lease(firestore_client, bot_id, "host:1:a", ttl=0.9)
@@ -220,6 +222,7 @@ async def test_a_second_instance_gets_session_in_use_until_the_first_closes(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_a_client_whose_lease_was_taken_over_is_closed(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
@@ -240,6 +243,7 @@ async def test_a_client_whose_lease_was_taken_over_is_closed(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_leases_are_renewed_while_the_client_is_open(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
@@ -322,6 +326,7 @@ def _start_holder(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_two_processes_contend_and_a_killed_holder_is_taken_over_within_the_ttl(
     managers: list[UserSessionManager],
     firestore_client: Any,
@@ -366,6 +371,7 @@ async def test_two_processes_contend_and_a_killed_holder_is_taken_over_within_th
     assert _stored_lease(firestore_client, bot_id).holder == b.holder_id
 
 
+@pytest.mark.slow
 async def test_two_processes_on_one_sqlite_user_get_session_in_use(
     tmp_path: Path, fake: FakeTelegram, holder_process: list[subprocess.Popen[str]]
 ) -> None:
@@ -391,13 +397,11 @@ async def test_two_processes_on_one_sqlite_user_get_session_in_use(
 
 @pytest.mark.firestore
 async def test_health_check_reports_a_paused_emulator_as_unhealthy_without_raising(
-    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram, emulator: Any
+    managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram, paused: Any
 ) -> None:
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite (it is paused)")
     m = _manager(managers, firestore_client, bot_id, fake, rpc_timeout=1.0)
     await _log_in(m, fake)
-    emulator.pause()
+    paused.pause()
     try:
         start = time.monotonic()
         health = await m.health_check(timeout=1.0)
@@ -411,7 +415,7 @@ async def test_health_check_reports_a_paused_emulator_as_unhealthy_without_raisi
             await m.get_user_client("someone-else")
         assert time.monotonic() - start < 5.0
     finally:
-        emulator.resume()
+        paused.resume()
     assert (await m.health_check())["status"] in ("healthy", "degraded")
 
 
@@ -512,6 +516,7 @@ async def test_an_unreadable_document_stays_as_it_was(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_an_idle_client_is_handed_over_to_another_instance(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:
@@ -537,6 +542,7 @@ async def test_an_idle_client_is_handed_over_to_another_instance(
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 async def test_a_client_in_use_is_handed_over_only_once_idle(
     managers: list[UserSessionManager], firestore_client: Any, bot_id: str, fake: FakeTelegram
 ) -> None:

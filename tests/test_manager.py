@@ -331,6 +331,7 @@ async def test_idle_clients_are_flushed_and_disconnected(env: Env) -> None:
     assert again is not None and again is not client
 
 
+@pytest.mark.slow
 async def test_a_client_in_use_is_not_idle(env: Env) -> None:
     m = env.manager(idle_timeout=0.6)
     client = await login(m, env.fake, "u1")
@@ -349,6 +350,7 @@ async def test_a_client_logged_out_behind_the_managers_back_is_forgotten(env: En
 
 
 @pytest.mark.firestore
+@pytest.mark.slow
 def test_wait_written_waits_for_the_writer_and_hands_nothing_over(
     firestore_client: Any, bot_id: str, emulator: Any
 ) -> None:
@@ -645,6 +647,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_a_fresh_process_finds_the_users_session_and_auth_key(env: Env, tmp_path: Path) -> None:
     m = env.manager()
     client = await login(m, env.fake, "u1")
@@ -903,6 +906,7 @@ def _open_bot_session(env: Env) -> Any:
     return ScopedSQLiteSession(key, bot_id=env.bot_id, sessions_dir=env.sessions_dir)
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_cleanly_and_a_restart_reuses_the_bots_session(env: Env, tmp_path: Path) -> None:
     env.fake.add_bot(BOT_TOKEN, username="testbot")
     env.fake.pts = 3

@@ -80,6 +80,7 @@ def test_every_python_block_has_a_marker() -> None:
 @pytest.mark.parametrize(
     ("code", "line"), [(c, n) for m, c, n in BLOCKS if m == "local"], ids=lambda v: str(v) if isinstance(v, int) else ""
 )
+@pytest.mark.slow
 def test_local_examples_run(code: str, line: int, tmp_path: Path) -> None:
     proc = _run(["-c", code], tmp_path, _clean_env())
     assert proc.returncode == 0, f"README.md line {line}:\n{proc.stderr[-3000:]}"
@@ -91,6 +92,7 @@ def test_local_examples_run(code: str, line: int, tmp_path: Path) -> None:
     [(c, n) for m, c, n in BLOCKS if m == "firestore"],
     ids=lambda v: str(v) if isinstance(v, int) else "",
 )
+@pytest.mark.slow
 def test_firestore_examples_run(code: str, line: int, tmp_path: Path, firestore_client: object) -> None:
     env = _clean_env(
         FIRESTORE_EMULATOR_HOST=os.environ["FIRESTORE_EMULATOR_HOST"],
@@ -109,6 +111,7 @@ def test_blocks_match_their_files(marker: str, code: str) -> None:
     assert code in path.read_text(encoding="utf-8"), f"the README block differs from {path.name}"
 
 
+@pytest.mark.slow
 def test_quickstart_runs_twice_and_finds_its_session(tmp_path: Path) -> None:
     for _ in range(2):
         proc = _run([str(ROOT / "examples" / "quickstart.py")], tmp_path, _clean_env())
@@ -119,6 +122,7 @@ def test_quickstart_runs_twice_and_finds_its_session(tmp_path: Path) -> None:
     assert (tmp_path / "sessions" / "quickstart" / "user_42.session").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_the_example_bot_fails_at_start_up_on_bad_settings(tmp_path: Path) -> None:
     bot = str(ROOT / "examples" / "bot.py")
     proc = _run([bot], tmp_path, _clean_env(BOT_ID="mybot_local"))

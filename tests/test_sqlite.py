@@ -565,6 +565,7 @@ s.close()
 """
 
 
+@pytest.mark.slow
 def test_second_process_gets_session_in_use(opener: Opener, sdir: Path) -> None:
     s = opener()
     s.set_dc(2, "149.154.167.51", 443)
@@ -594,6 +595,7 @@ def test_second_object_in_one_process_gets_session_in_use(opener: Opener) -> Non
     opener().close()
 
 
+@pytest.mark.slow
 def test_telegram_client_in_a_fresh_process_sees_auth_key_and_dc(opener: Opener, sdir: Path) -> None:
     s = opener()
     s.set_dc(4, "149.154.167.91", 443)
@@ -801,6 +803,7 @@ for i in itertools.count():
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_metadata_writes_loses_nothing(
     opener: Opener, sdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -856,6 +859,7 @@ for i in range(25):
 """
 
 
+@pytest.mark.slow
 def test_metadata_writers_in_several_processes_lose_no_entry(sdir: Path) -> None:
     procs = [
         subprocess.Popen(
@@ -1154,8 +1158,9 @@ SQLiteDirectory(sys.argv[1], "bot1", cipher=SessionCipher(sys.argv[2])).list_use
 """
 
 
+@pytest.mark.slow
 def test_a_crash_between_folding_and_removing_loses_nothing(sdir: Path, old: SessionCipher) -> None:
-    from tests.common import KEY_OLD
+    from telethon_firestore_session.testing.encryption import KEY_OLD
 
     bot_dir = sdir / BOT
     bot_dir.mkdir(parents=True)

@@ -72,6 +72,7 @@ def _stored(client: Any, bot_id: str) -> FirestoreSession:
     return s
 
 
+@pytest.mark.slow
 def test_fresh_process_client_uses_the_stored_auth_key_and_dc(
     firestore_client: Any, bot_id: str, tmp_path: Path
 ) -> None:

@@ -385,6 +385,8 @@ def entity_row(doc_id: str, data: dict[str, Any] | None, sealer: Sealer) -> Enti
             value = data.get(f)
             if isinstance(value, bytes):
                 opened[f] = sealer.open_entity_field(doc_id, f, value)
+                # Lookups compare the index: it must be the opened value's, or the record was changed outside.
+                sealer.check_blind_index(doc_id, f, opened[f], data.get(f"{f}_bi"))
     try:
         return EntityRow(
             int(doc_id),

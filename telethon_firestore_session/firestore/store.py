@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from telethon_firestore_session.core import Changes, EntityRow, FileKey, SessionHeader, Store, StoredSession
-from telethon_firestore_session.errors import ConfigError, SessionInUseError, wrap_store_errors
+from telethon_firestore_session.errors import ConfigError, SessionDecryptionError, SessionInUseError, wrap_store_errors
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.sealing import PII_FIELDS, KeyState, Sealer
 
@@ -131,12 +131,24 @@ class FirestoreStore(Store):
             indexes = list(self.sealer.blind_indexes(field, value))
             flt = Or([FieldFilter(f"{field}_bi", "in", indexes), flt])
         query = self.doc.collection(ENTITIES).where(filter=flt).limit(10)
-        rows = [
-            row
-            for snap in query.get(**self._lookup)
-            if (row := entity_row(snap.id, snap.to_dict(), self.sealer)) is not None
-        ]
-        return max(rows, key=lambda r: r.date) if rows else None
+        rows: list[EntityRow] = []
+        failed: SessionDecryptionError | None = None
+        for snap in query.get(**self._lookup):
+            try:
+                row = entity_row(snap.id, snap.to_dict(), self.sealer)
+            except SessionDecryptionError as exc:
+                # A record that does not open (copied from elsewhere, changed outside) never
+                # hides the real owner of the value: the others still answer.
+                log.warning("%s: skipping entity %s in a lookup: %s", self.where, snap.id, exc.reason)
+                failed = failed or exc
+                continue
+            if row is not None and getattr(row, field) == value:  # by the plaintext, or the index of the value
+                rows.append(row)
+        if rows:
+            return max(rows, key=lambda r: r.date)
+        if failed is not None:
+            raise failed
+        return None
 
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
         snap = self.doc.collection(SENT_FILES).document(file_doc_id(key)).get(**self._lookup)

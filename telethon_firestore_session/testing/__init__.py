@@ -36,7 +36,15 @@ imported by tests, never by the package itself)::
 
 Sessions built on :class:`~telethon_firestore_session.SessionCore` with a store
 can also run :class:`StoreContract` (dirty tracking, write-behind, lazy
-lookups, cached misses) with a ``store_backend`` fixture.
+lookups, cached misses) with a ``store_backend`` fixture. A store that seals
+(``cipher=``, ``encrypt_pii=``) runs :class:`EncryptionContract` with an
+``encryption_backend`` fixture: an :class:`EncryptionBackend` that makes sessions
+with a cipher of the test's choosing and shows the contract what is stored (the
+project's own, for Firestore and SQLite files, are in its ``tests/contract/storage.py``).
+
+The modules: :mod:`.cases` (the histories), :mod:`.backends` (Telethon's
+references and this library's stores), :mod:`.session`, :mod:`.store` and
+:mod:`.encryption` (the contracts), :mod:`.leaks` (finding secrets in text and bytes).
 
 The tests call the session's methods synchronously and expect plain return
 values, as Telethon's own sessions give.
@@ -44,29 +52,26 @@ values, as Telethon's own sessions give.
 
 from __future__ import annotations
 
-from .contract import (
-    ENTITY_CASES,
-    MISS,
+from .backends import (
     Deviation,
-    EntityCase,
     FirestoreBackend,
     MemorySessionBackend,
     ScopedSQLiteBackend,
     SessionBackend,
-    SessionContract,
     SessionCoreBackend,
     SQLiteSessionBackend,
-    StoreContract,
-    StoreProbe,
-    answer,
-    describe,
-    feed,
 )
+from .cases import ENTITY_CASES, MISS, EntityCase, answer, describe, feed
+from .encryption import EncryptionBackend, EncryptionContract, StoredEntity, StoredField
+from .session import SessionContract
+from .store import StoreContract, StoreProbe
 
 __all__ = [
     "ENTITY_CASES",
     "MISS",
     "Deviation",
+    "EncryptionBackend",
+    "EncryptionContract",
     "EntityCase",
     "FirestoreBackend",
     "MemorySessionBackend",
@@ -77,6 +82,8 @@ __all__ = [
     "SessionCoreBackend",
     "StoreContract",
     "StoreProbe",
+    "StoredEntity",
+    "StoredField",
     "answer",
     "describe",
     "feed",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from telethon_firestore_session.testing import SessionContract, StoreContract
+import pytest
+
+from telethon_firestore_session.testing import EncryptionContract, SessionContract, StoreContract
 
 
 class TestSession(SessionContract):
@@ -16,6 +18,11 @@ class TestStore(StoreContract):
     """Backends built on SessionCore with a store."""
 
 
+class TestEncryption(EncryptionContract):
+    """The stores that seal: FirestoreSession and ScopedSQLiteSession."""
+
+
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_pytest() -> None:
     code = (
         "import sys, telethon_firestore_session, telethon_firestore_session.firestore; "

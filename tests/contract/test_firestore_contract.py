@@ -24,12 +24,12 @@ def test_unchanged_entities_leave_their_documents_untouched(firestore_client: An
     entities = session.document.collection("entities")
     before = {snap.id: snap.update_time for snap in entities.stream()}
     assert len(before) == 10
-    writes = session._firestore.writes
+    writes = session.store.writes
 
     session.process_entities([_user(i, username=f"doc{i}") for i in range(1, 11)])  # equal copies
     session.process_entities([_user(4, username="doc4renamed")])
     assert session.flush(10)
     after = {snap.id: snap.update_time for snap in entities.stream()}
     assert {k for k in after if after[k] != before[k]} == {"4"}
-    assert session._firestore.writes == writes + 2  # the changed entity and the session document
+    assert session.store.writes == writes + 2  # the changed entity and the session document
     session.close()
