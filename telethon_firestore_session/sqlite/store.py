@@ -110,15 +110,15 @@ def _check_read_only(path: Path, where: str, sealer: Sealer) -> None:
         log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
         return
     try:
-        tables, _ = schema.inspect(ro, where)
-        if tables:
-            _read_header(ro, sealer)
-    except sqlite3.OperationalError as exc:
-        log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
-    except sqlite3.DatabaseError as exc:
-        raise SessionCorruptError(
-            f"{where}: cannot read it as a Telethon session ({exc}); the file was not modified"
-        ) from exc
+        with schema.file_errors("open", where):
+            try:
+                tables, _ = schema.inspect(ro, where)
+                if tables:
+                    _read_header(ro, sealer)
+            except sqlite3.OperationalError as exc:
+                if schema.is_damage(exc):
+                    raise
+                log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
     finally:
         ro.close()
 
@@ -145,11 +145,13 @@ def _release(conn: sqlite3.Connection, lock: files.FileLock) -> None:
 
 def _open(
     path: Path, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]
-) -> tuple[_Handle, _Opened, bool]:
-    """Lock and open the file: ``(handle, its sessions row, whether it has the sealed side table)``.
+) -> tuple[_Handle, _Opened, bool, bool]:
+    """Lock and open the file: ``(handle, its sessions row, whether it has the sealed side table,
+    whether its integrity was checked)``.
 
     The schema and the sessions row (opening a sealed auth key) are checked before
-    anything is written; only then is the file prepared (WAL, upgrade, indexes).
+    anything is written; only then is the file prepared (WAL, upgrade, indexes), if it
+    needs that (see :func:`.schema.prepare`).
     """
     with wrap_store_errors("open", where, catch=OSError):
         lock = files.FileLock.acquire(path, where, create=create, check=check)
@@ -166,15 +168,15 @@ def _open(
         raise
     handle = _Handle(conn, lock)
     try:
-        with schema.reading_errors(where):
-            tables, version = schema.inspect(conn, where)
-            opened = _read_header(conn, sealer) if tables else _NO_HEADER
+        with schema.file_errors("open", where):
+            names, version = schema.inspect(conn, where)
+            opened = _read_header(conn, sealer) if names else _NO_HEADER
             seals = sealer.seals_fields
-            schema.prepare(conn, version, where, sealed_table=seals, wipe=sealer.cipher is not None)
+            checked = schema.prepare(conn, names, version, where, sealed_table=seals, wipe=sealer.cipher is not None)
     except BaseException:  # any failure, interrupts too: a file that failed to open is released
         handle.close()
         raise
-    return handle, opened, seals or schema.SEALED_ENTITIES in tables
+    return handle, opened, seals or schema.SEALED_ENTITIES in names, checked
 
 
 class SQLiteStore(Store):
@@ -205,6 +207,8 @@ class SQLiteStore(Store):
         self._handle: _Handle | None = None
         self._opened: _Opened | None = None  # the sessions row as read (and opened) when the file was opened
         self._sealed_table = False  # the file has our side table of sealed entity fields
+        self._checked = False  # the open file passed quick_check (done before its first write)
+        self._damage: str | None = None  # why the open file is known to be damaged: nothing is written to it
         self._purge_due = False  # a plaintext or old-key auth key is on disk until the next header write
         self._metadata_due = False  # written since metadata.json was last refreshed
         self._wrote = False  # written since the file was opened (close() records the final size)
@@ -224,16 +228,45 @@ class SQLiteStore(Store):
         """The open connection (call with ``self._lock`` held); opens file and lock if needed."""
         handle = self._handle
         if handle is None:
-            handle, self._opened, self._sealed_table = _open(
+            handle, self._opened, self._sealed_table, self._checked = _open(
                 self.path, self.where, self.sealer, create=create, check=self._check_path
             )
             self._handle = handle
+            self._damage = None
         return handle.conn
+
+    @contextlib.contextmanager
+    def _using(self, what: str, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+        """The open connection, with ``self._lock`` held; SQLite's errors become ours (:func:`.schema.file_errors`).
+
+        Damage found here is remembered until the file is closed: every later read or
+        write of it raises :class:`SessionCorruptError` at once, without touching the file.
+        """
+        with self._lock:
+            try:
+                with schema.file_errors(what, self.where):
+                    if self._damage is not None:
+                        raise SessionCorruptError(self._damage)
+                    yield self._conn(create=create)
+            except SessionCorruptError as exc:
+                if self._handle is not None and self._damage is None:
+                    self._damage = str(exc)
+                    log.error("%s", exc)
+                raise
+
+    def _verify(self, conn: sqlite3.Connection) -> None:
+        """Before the first write to the open file: SQLite's quick_check (a damaged file is never written)."""
+        if not self._checked:
+            problem = schema.quick_check(conn)
+            if problem is not None:
+                raise schema.damaged(self.where, problem)
+            self._checked = True
 
     def close(self) -> None:
         """Close the file and release its lock; a later call opens both again."""
         with self._lock:
             handle, self._handle = self._handle, None
+            self._damage = None  # the file is checked again when it is opened again
             if handle is not None:
                 handle.close()  # SQLite checkpoints and removes -wal/-shm here
             if self._metadata_due or self._wrote:
@@ -251,14 +284,11 @@ class SQLiteStore(Store):
         try:
             with self._lock:
                 fresh = self._handle is None
-                conn = self._conn()
-                opened = self._opened
-                try:
+                with self._using("open") as conn:
+                    opened = self._opened
                     if not fresh or opened is None:
                         opened = _read_header(conn, self.sealer)
                     states = schema.read_states(conn)
-                except sqlite3.DatabaseError as exc:
-                    raise SessionCorruptError(f"{self.where}: cannot read the session ({exc})") from exc
                 if opened.header is None and not states:
                     return None
                 rewrite = opened.state.needs_rewrite
@@ -277,73 +307,75 @@ class SQLiteStore(Store):
         if not ids:
             return None
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            conn = self._conn()
+        with self._using("read") as conn:
             rows = conn.execute(f"{self._select()} where e.id in ({marks})", tuple(ids)).fetchall()
-        found = {r.id: r for r in map(self.codec.decode, rows)}
-        for i in ids:
-            if i in found:
-                return found[i]
+            found = {r.id: r for r in map(self.codec.decode, rows)}
+            for i in ids:
+                if i in found:
+                    return found[i]
+            self._verify(conn)  # "not found" from a damaged file would be a lie
         return None
 
     def find_entity(self, field: str, value: str) -> EntityRow | None:
         if field not in schema.LOOKUP_FIELDS:
             raise ValueError(f"cannot look entities up by {field!r}")
         order = "order by coalesce(e.date, 0) desc, e.rowid desc"
-        with self._lock:
-            conn = self._conn()
+        with self._using("read") as conn:
             if not self._sealed_table:
                 row = conn.execute(f"{schema.SELECT_PLAIN} where e.{field} = ? {order} limit 1", (value,)).fetchone()
-                return schema.entity_from_row(row) if row is not None else None
-            # Sealed rows are found by their blind index under any accepted key; rows
-            # written before encrypt_pii was on, by their plaintext. One indexed query.
-            keys = self.codec.lookup_keys(field, value)
-            marks = ",".join("?" * len(keys))
-            rows = conn.execute(f"{schema.SELECT_SEALED} where e.{field} in ({marks}) {order}", keys).fetchall()
-        return self.codec.first_match(rows, field, value, self.where)
+                found = schema.entity_from_row(row) if row is not None else None
+            else:
+                # Sealed rows are found by their blind index under any accepted key; rows
+                # written before encrypt_pii was on, by their plaintext. One indexed query.
+                keys = self.codec.lookup_keys(field, value)
+                marks = ",".join("?" * len(keys))
+                rows = conn.execute(f"{schema.SELECT_SEALED} where e.{field} in ({marks}) {order}", keys).fetchall()
+                found = self.codec.first_match(rows, field, value, self.where)
+            if found is None:
+                self._verify(conn)
+        return found
 
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
-        with self._lock:
-            row = self._conn().execute(schema.SELECT_FILE, key).fetchone()
-        return (int(row[0]), int(row[1])) if row is not None else None
+        with self._using("read") as conn:
+            row = conn.execute(schema.SELECT_FILE, key).fetchone()
+            if row is None:
+                self._verify(conn)
+                return None
+            return schema.file_value(row)
 
     def _entity_page(self, after: int) -> list[Any]:
-        with self._lock:
-            conn = self._conn()
-            return schema.entity_page(conn, self._select(), after)
+        with self._using("read") as conn:
+            return [(r[0], self.codec.decode(r)) for r in schema.entity_page(conn, self._select(), after)]
 
     def iter_entities(self) -> Iterator[EntityRow]:
         """Every stored entity, read in pages of 1,000 (the lock is not held between pages)."""
-        return map(self.codec.decode, schema.paged(self._entity_page))
+        return (row for _, row in schema.paged(self._entity_page))
 
     def _file_page(self, after: int) -> list[Any]:
-        with self._lock:
-            return schema.file_page(self._conn(), after)
+        with self._using("read") as conn:
+            return [(r[0], schema.file_from_row(r)) for r in schema.file_page(conn, after)]
 
     def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
-        return map(schema.file_from_row, schema.paged(self._file_page))
+        return (item for _, item in schema.paged(self._file_page))
 
     # -- writing -----------------------------------------------------------------------------
 
     def write_session(self, header: SessionHeader) -> None:
         """Replace the sessions row and commit with a full fsync before returning."""
-        try:
-            with self._lock:
-                conn = self._conn()
-                auth_key = self.sealer.seal_auth_key(header.auth_key) or b""  # Telethon stores b"" for none
-                with schema.durable_transaction(conn):
-                    conn.execute("delete from sessions")
-                    conn.execute(
-                        schema.INSERT_SESSION,
-                        (header.dc_id, header.server_address, header.port, auth_key, header.takeout_id, b""),
-                    )
-                if self._purge_due:
-                    # The plaintext (or old-key) auth key is still in the main file until a
-                    # checkpoint copies the new page over it: do that now.
-                    self._purge_due = False
-                    schema.checkpoint(conn, self.where)
-        except sqlite3.Error as exc:
-            raise store_error("write", self.where, exc) from exc
+        with self._using("write") as conn:
+            self._verify(conn)
+            auth_key = self.sealer.seal_auth_key(header.auth_key) or b""  # Telethon stores b"" for none
+            with schema.durable_transaction(conn):
+                conn.execute("delete from sessions")
+                conn.execute(
+                    schema.INSERT_SESSION,
+                    (header.dc_id, header.server_address, header.port, auth_key, header.takeout_id, b""),
+                )
+            if self._purge_due:
+                # The plaintext (or old-key) auth key is still in the main file until a
+                # checkpoint copies the new page over it: do that now.
+                self._purge_due = False
+                schema.checkpoint(conn, self.where)
         self._wrote = True
         self._refresh_metadata()
 
@@ -353,8 +385,8 @@ class SQLiteStore(Store):
         entity_rows, sealed_rows = self.codec.encode(changes.entities.values())
         state_rows = [(sid, s.pts, s.qts, int(s.date.timestamp()), s.seq) for sid, s in changes.states.items()]
         file_rows = [(*k, *v) for k, v in changes.files.items()]
-        with self._lock:
-            conn = self._conn()
+        with self._using("write") as conn:
+            self._verify(conn)
             with schema.transaction(conn):
                 if entity_rows:
                     conn.executemany(schema.INSERT_ENTITY, entity_rows)
@@ -424,8 +456,7 @@ class SQLiteStore(Store):
             return 0
         with self._lock:
             fresh = self._handle is None
-            conn = self._conn(create=False)
-            try:
+            with self._using("re-seal", create=False) as conn:
                 opened = self._opened if fresh and self._opened is not None else _read_header(conn, self.sealer)
                 auth_key: bytes | None = None
                 if opened.header is not None and opened.state.needs_rewrite:
@@ -433,6 +464,7 @@ class SQLiteStore(Store):
                 updates, sealed = self._resealed_entities(conn)
                 if auth_key is None and not updates:
                     return 0
+                self._verify(conn)
                 with schema.durable_transaction(conn):
                     if auth_key is not None:
                         conn.execute("update sessions set auth_key = ?", (auth_key,))
@@ -445,8 +477,6 @@ class SQLiteStore(Store):
                     self._opened = _Opened(opened.header, KeyState.CURRENT)
                 self._purge_due = False
                 schema.checkpoint(conn, self.where)  # the replaced values leave the disk now
-            except sqlite3.Error as exc:
-                raise store_error("re-seal", self.where, exc) from exc
         return int(auth_key is not None) + len(updates)
 
     def _resealed_entities(self, conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
