@@ -272,7 +272,11 @@ class BackgroundWriter:
                     self._in_flight.discard(store)
                     self._cond.notify_all()
                     log.error(
-                        "gave up writing %d records of %s after %d attempts: %s", dropped, store.where, attempt, exc
+                        "gave up writing %d records of %s after %d attempts: %s",
+                        dropped,
+                        store.where,
+                        attempt,
+                        str(exc),
                     )
                     return
                 backoff = min(self._max_backoff, self._min_backoff * (2 ** (attempt - 1)))

@@ -251,7 +251,7 @@ class SQLiteStore(Store):
             except SessionCorruptError as exc:
                 if self._handle is not None and self._damage is None:
                     self._damage = str(exc)
-                    log.error("%s", exc)
+                    log.error("%s", self._damage)
                 raise
 
     def _verify(self, conn: sqlite3.Connection) -> None:
