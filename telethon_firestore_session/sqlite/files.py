@@ -121,7 +121,7 @@ def make_private_dirs(path: Path) -> None:
     """Create ``path`` and missing parents with mode 0700 (existing ones are left alone)."""
     missing: list[Path] = []
     p = path
-    while not p.exists():
+    while not os.path.isdir(p) and not p.exists():
         missing.append(p)
         if p.parent == p:
             break
@@ -150,11 +150,45 @@ def fsync_dir(path: Path) -> None:
 def bot_dir(sessions_dir: str | os.PathLike[str], bot_id: object) -> tuple[Path, Path]:
     """``(resolved sessions_dir, its bot directory)``, checking that the latter stays inside."""
     bot = validate_id("bot_id", bot_id)
-    base = Path(sessions_dir).resolve()
-    found = (base / bot).resolve()
-    if found.parent != base:
+    base = os.path.realpath(sessions_dir)
+    found = os.path.join(base, bot)  # canonical unless it is a link itself (an id has no "/" and no "..")
+    if os.path.islink(found):
+        found = os.path.realpath(found)
+    if os.path.dirname(found) != base:
         raise InvalidSessionIdError(f"bot_id {bot!r}: {found} resolves outside the sessions directory {base}")
-    return base, found
+    return Path(base), Path(found)
+
+
+def user_file(directory: Path, key: SessionKey) -> Path:
+    """``{directory}/user_{user_id}.session`` in a bot directory from :func:`bot_dir`.
+
+    :raises InvalidSessionIdError: if the session file is a symbolic link.
+    """
+    path = directory / f"user_{key.user_id}{SESSION_SUFFIX}"
+    if path.is_symlink():
+        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
+    return path
+
+
+def session_paths(sessions_dir: str | os.PathLike[str], key: SessionKey) -> tuple[Path, Path, Path]:
+    """``(sessions_dir, bot directory, session file)``, absolute, without touching the disk.
+
+    :func:`check_session_path` checks them each time the file is opened.
+    """
+    path = Path(os.path.abspath(sessions_dir), key.bot_id, f"user_{key.user_id}{SESSION_SUFFIX}")
+    return path.parent.parent, path.parent, path
+
+
+def check_session_path(base: Path, bot: Path, path: Path, key: SessionKey) -> None:
+    """Before opening a file of :func:`session_paths`: the bot directory is no link out of the
+    sessions directory, and the file is no link at all (an id has no "/" and no "..").
+
+    :raises InvalidSessionIdError: otherwise.
+    """
+    if os.path.islink(bot) and os.path.dirname(os.path.realpath(bot)) != os.path.realpath(base):
+        raise InvalidSessionIdError(f"bot_id {key.bot_id!r}: {bot} resolves outside the sessions directory {base}")
+    if os.path.islink(path):
+        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
 
 
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
@@ -163,11 +197,7 @@ def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
     :raises InvalidSessionIdError: if an id is invalid, the bot directory (through a
         symbolic link) lies outside ``sessions_dir``, or the session file is a symbolic link.
     """
-    _, directory = bot_dir(sessions_dir, key.bot_id)
-    path = directory / f"user_{key.user_id}{SESSION_SUFFIX}"
-    if path.is_symlink():
-        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
-    return path
+    return user_file(bot_dir(sessions_dir, key.bot_id)[1], key)
 
 
 def legacy_path(directory: Path, user_id: str) -> Path:

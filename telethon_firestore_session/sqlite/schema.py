@@ -198,6 +198,10 @@ def columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"pragma table_info({table})").fetchall()}
 
 
+_NAMES = "select name from sqlite_master where type in ('table', 'index')"
+_NAMES_AND_VERSION = f"select name, (select version from version) from ({_NAMES})"  # noqa: S608 - fixed text
+
+
 def inspect(conn: sqlite3.Connection, where: str) -> tuple[set[str], int | None]:
     """The names of the file's tables and indexes, and its Telethon schema version (``None`` for an
     empty database); reads only.
@@ -205,7 +209,11 @@ def inspect(conn: sqlite3.Connection, where: str) -> tuple[set[str], int | None]
     :raises SchemaVersionError: for a version newer than :data:`SCHEMA_VERSION`.
     :raises SessionCorruptError: for a database that is not a Telethon session.
     """
-    names = {r[0] for r in conn.execute("select name from sqlite_master where type in ('table', 'index')")}
+    try:  # one statement for a Telethon file (the common case)
+        rows = conn.execute(_NAMES_AND_VERSION).fetchall()
+    except sqlite3.OperationalError:  # no version table
+        rows = [(r[0], None) for r in conn.execute(_NAMES)]
+    names = {r[0] for r in rows}
     if not names:
         return names, None
     if "version" not in names:
@@ -213,10 +221,9 @@ def inspect(conn: sqlite3.Connection, where: str) -> tuple[set[str], int | None]
         raise SessionCorruptError(
             f"{where}: an SQLite database with {missing}, so not a Telethon session; {_NOT_MODIFIED}"
         )
-    row = conn.execute("select version from version").fetchone()
-    if row is None or not isinstance(row[0], int):
+    version = rows[0][1]
+    if not isinstance(version, int):
         raise SessionCorruptError(f"{where}: Telethon's version table is empty; {_NOT_MODIFIED}")
-    version: int = row[0]
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(where, version, SCHEMA_VERSION)
     if version < 1:
@@ -556,37 +563,27 @@ def upgrade(conn: sqlite3.Connection, old: int) -> None:
     conn.execute("insert into version values (?)", (SCHEMA_VERSION,))
 
 
-def prepare(
-    conn: sqlite3.Connection, names: set[str], version: int | None, where: str, *, sealed_table: bool, wipe: bool
-) -> bool:
-    """Make a checked file ready for the store: WAL, Telethon's current tables, our indexes.
+def prepare(conn: sqlite3.Connection, names: set[str], version: int | None, where: str, *, sealed_table: bool) -> bool:
+    """Make a checked file ready for the store: Telethon's current tables, our indexes.
 
     A file that is ready already (any file the store wrote) is not written at all. Before
-    its first writes to any other file (switching it to WAL, upgrading it, adding the
-    indexes) it runs :func:`quick_check`, so a damaged file is never modified.
+    its first writes to any other file (upgrading it, adding the indexes) it runs
+    :func:`quick_check`, so a damaged file is never modified, and switches to WAL
+    (:func:`use_wal`; the store's caller passes ``wipe`` there itself).
 
     :param names: its tables and indexes, and ``version`` its schema version (:func:`inspect`).
     :param sealed_table: also create the side table of sealed entity fields.
-    :param wipe: ``pragma secure_delete=on``: replaced values are zeroed, not left in free space.
-    :returns: whether the file was checked (or created) here.
+    :returns: whether the file was checked and switched to WAL here.
     :raises SessionCorruptError: if the check finds damage (the file is not modified).
     """
-    conn.execute("pragma synchronous=normal")
-    if wipe:
-        conn.execute("pragma secure_delete=on")
-    mode = conn.execute("pragma journal_mode").fetchone()
-    wal = mode is not None and str(mode[0]).lower() == "wal"
     due = version != SCHEMA_VERSION or not INDEXES.keys() <= names or (sealed_table and SEALED_ENTITIES not in names)
-    if wal and not due:
+    if not due:
         return False
     if version is not None:
         problem = quick_check(conn)
         if problem is not None:
             raise damaged(where, problem)
-    if not wal:
-        mode = conn.execute("pragma journal_mode=wal").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise SessionStoreError(f"{where}: cannot switch the file to WAL mode (got {mode})")
+    use_wal(conn, where)
     with transaction(conn):
         if version is None:
             create_tables(conn)
@@ -598,6 +595,35 @@ def prepare(
         if sealed_table:
             conn.execute(f"create table if not exists {SEALED_TABLE}")
     return True
+
+
+def use_wal(conn: sqlite3.Connection, where: str) -> None:
+    """Before the first write of an open file: WAL mode and ``synchronous=normal``.
+
+    In WAL a commit appends to the ``-wal`` file (an auth key's commit is one fsync with
+    ``synchronous=full``, see :func:`durable_transaction`) and readers never wait for the
+    writer; with ``synchronous=normal`` a crash loses at most the last commits, never the file.
+    """
+    mode = conn.execute("pragma journal_mode=wal").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        raise SessionStoreError(f"{where}: cannot switch the file to WAL mode (got {mode})")
+    conn.execute("pragma synchronous=normal")
+
+
+def rest(conn: sqlite3.Connection, where: str) -> None:
+    """Before the store closes the file: back from WAL to Telethon's rollback journal, if no reader holds it.
+
+    A file at rest is then one self-contained file, as Telethon writes it: opening it
+    creates no ``-wal``/``-shm`` (that is most of what opening a WAL file costs), and
+    read-only readers need no ``-shm``. If a reader holds the file now, it stays in WAL.
+    """
+    try:
+        conn.execute("pragma busy_timeout = 100")
+        row = conn.execute("pragma journal_mode").fetchone()
+        if row is not None and str(row[0]).lower() == "wal":
+            conn.execute("pragma journal_mode=delete")  # checkpoints and removes the -wal
+    except sqlite3.Error as exc:
+        log.debug("%s: left in WAL mode (%s)", where, exc)
 
 
 def _write_records(conn: sqlite3.Connection, snap: SessionSnapshot) -> None:

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from telethon_firestore_session.core import (
+    EMPTY_HEADER,
     Changes,
     EntityRow,
     FileKey,
@@ -66,10 +67,8 @@ from telethon_firestore_session.core import (
 from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.errors import (
     ConfigError,
-    InvalidSessionIdError,
     SessionCorruptError,
     store_error,
-    wrap_store_errors,
 )
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.sealing import KeyState, Sealer
@@ -83,23 +82,13 @@ log = logging.getLogger(__name__)
 _BUSY_TIMEOUT = 10.0
 
 
-class _Opened(NamedTuple):
-    """The sessions row of a file as it was opened (auth key opened), and how its key was stored."""
-
-    header: SessionHeader | None
-    state: KeyState
-
-
-_NO_HEADER = _Opened(None, KeyState.NONE)
-
-
-def _read_header(conn: sqlite3.Connection, sealer: Sealer) -> _Opened:
-    """The sessions row with its auth key opened; reads only (any schema version)."""
+def _read_header(conn: sqlite3.Connection, sealer: Sealer) -> tuple[SessionHeader | None, KeyState]:
+    """The sessions row with its auth key opened, and how the key was stored; reads only (any schema version)."""
     values = schema.sessions_row(conn)
     if values is None:
-        return _NO_HEADER
+        return None, KeyState.NONE
     auth_key, state = sealer.open_auth_key(values.get("auth_key"))
-    return _Opened(schema.header_from_row(values, auth_key), state)
+    return schema.header_from_row(values, auth_key), state
 
 
 def _check_read_only(path: Path, where: str, sealer: Sealer) -> None:
@@ -143,40 +132,58 @@ def _release(conn: sqlite3.Connection, lock: files.FileLock) -> None:
         lock.release()
 
 
-def _open(
-    path: Path, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]
-) -> tuple[_Handle, _Opened, bool, bool]:
-    """Lock and open the file: ``(handle, its sessions row, whether it has the sealed side table,
-    whether its integrity was checked)``.
+class _Opened(NamedTuple):
+    """What opening a file found: its sessions row, update states and layout."""
+
+    handle: _Handle
+    header: SessionHeader | None  # the auth key opened
+    state: KeyState  # how the auth key was stored
+    states: dict[int, Any]
+    sealed_table: bool  # the file has our side table of sealed entity fields
+    prepared: bool  # it was checked and switched to WAL while opening (it needed writes)
+
+
+def _open(path: Path, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]) -> _Opened:
+    """Lock and open the file, and read its sessions row and update states in one read transaction.
 
     The schema and the sessions row (opening a sealed auth key) are checked before
-    anything is written; only then is the file prepared (WAL, upgrade, indexes), if it
-    needs that (see :func:`.schema.prepare`).
+    anything is written; only then is the file prepared (upgrade, indexes), if it
+    needs that (see :func:`.schema.prepare`). A file that needs nothing is not written.
     """
-    with wrap_store_errors("open", where, catch=OSError):
-        lock = files.FileLock.acquire(path, where, create=create, check=check)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(f"{path}-wal").st_size:
-                # Closing a writable connection checkpoints a left-over -wal into the
-                # file: check what we are about to open without one.
-                _check_read_only(path, where, sealer)
-        with wrap_store_errors("open", where, catch=sqlite3.Error):
-            conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        lock = files.FileLock.acquire(path, where, create=create, check=check)
+    except OSError as exc:
+        raise store_error("open", where, exc) from exc
+    try:
+        if os.path.exists(f"{path}-wal") and os.stat(f"{path}-wal").st_size:
+            # Closing a writable connection checkpoints a left-over -wal into the
+            # file: check what we are about to open without one.
+            _check_read_only(path, where, sealer)
+        conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        lock.release()
+        raise store_error("open", where, exc) from exc
     except BaseException:  # any failure, interrupts too: the lock is not kept
         lock.release()
         raise
     handle = _Handle(conn, lock)
     try:
         with schema.file_errors("open", where):
-            names, version = schema.inspect(conn, where)
-            opened = _read_header(conn, sealer) if names else _NO_HEADER
+            if sealer.cipher is not None:
+                conn.execute("pragma secure_delete=on")  # replaced values are zeroed, not left in free space
+            conn.execute("begin")
+            try:
+                names, version = schema.inspect(conn, where)
+                header, state = _read_header(conn, sealer) if names else (None, KeyState.NONE)
+                states = schema.read_states(conn) if "update_state" in names else {}
+            finally:
+                conn.execute("commit")
             seals = sealer.seals_fields
-            checked = schema.prepare(conn, names, version, where, sealed_table=seals, wipe=sealer.cipher is not None)
+            prepared = schema.prepare(conn, names, version, where, sealed_table=seals)
     except BaseException:  # any failure, interrupts too: a file that failed to open is released
         handle.close()
         raise
-    return handle, opened, seals or schema.SEALED_ENTITIES in names, checked
+    return _Opened(handle, header, state, states, seals or schema.SEALED_ENTITIES in names, prepared)
 
 
 class SQLiteStore(Store):
@@ -196,8 +203,7 @@ class SQLiteStore(Store):
         encrypt_pii: bool = False,
     ) -> None:
         self.key = key
-        self.sessions_dir, self.bot_dir = files.bot_dir(sessions_dir, key.bot_id)
-        self.path = files.session_path(sessions_dir, key)
+        self.sessions_dir, self.bot_dir, self.path = files.session_paths(sessions_dir, key)
         self.where = f"sqlite:{self.path}"
         self.sealer = Sealer(key, self.where, cipher, encrypt_pii=encrypt_pii, record="file")
         self.codec = schema.EntityCodec(self.sealer)
@@ -208,6 +214,7 @@ class SQLiteStore(Store):
         self._opened: _Opened | None = None  # the sessions row as read (and opened) when the file was opened
         self._sealed_table = False  # the file has our side table of sealed entity fields
         self._checked = False  # the open file passed quick_check (done before its first write)
+        self._writable = False  # ... and is in WAL mode with this store's pragmas
         self._damage: str | None = None  # why the open file is known to be damaged: nothing is written to it
         self._purge_due = False  # a plaintext or old-key auth key is on disk until the next header write
         self._metadata_due = False  # written since metadata.json was last refreshed
@@ -221,18 +228,17 @@ class SQLiteStore(Store):
     # -- opening and closing ----------------------------------------------------------------
 
     def _check_path(self) -> None:
-        if files.session_path(self.sessions_dir, self.key) != self.path:
-            raise InvalidSessionIdError(f"session {self.key}: {self.path} now resolves elsewhere")
+        files.check_session_path(self.sessions_dir, self.bot_dir, self.path, self.key)
 
     def _conn(self, *, create: bool = True) -> sqlite3.Connection:
         """The open connection (call with ``self._lock`` held); opens file and lock if needed."""
         handle = self._handle
         if handle is None:
-            handle, self._opened, self._sealed_table, self._checked = _open(
-                self.path, self.where, self.sealer, create=create, check=self._check_path
-            )
-            self._handle = handle
+            opened = self._opened = _open(self.path, self.where, self.sealer, create=create, check=self._check_path)
+            handle = self._handle = opened.handle
+            self._sealed_table = opened.sealed_table
             self._damage = None
+            self._checked = self._writable = opened.prepared
         return handle.conn
 
     @contextlib.contextmanager
@@ -255,20 +261,29 @@ class SQLiteStore(Store):
                 raise
 
     def _verify(self, conn: sqlite3.Connection) -> None:
-        """Before the first write to the open file: SQLite's quick_check (a damaged file is never written)."""
+        """Once per open, before the first write or "not found": SQLite's quick_check (damage is never written)."""
         if not self._checked:
             problem = schema.quick_check(conn)
             if problem is not None:
                 raise schema.damaged(self.where, problem)
             self._checked = True
 
+    def _begin_writing(self, conn: sqlite3.Connection) -> None:
+        """Before each write: the file is checked (:meth:`_verify`) and in WAL mode (:func:`.schema.use_wal`)."""
+        self._verify(conn)
+        if not self._writable:
+            schema.use_wal(conn, self.where)
+            self._writable = True
+
     def close(self) -> None:
         """Close the file and release its lock; a later call opens both again."""
         with self._lock:
             handle, self._handle = self._handle, None
-            self._damage = None  # the file is checked again when it is opened again
             if handle is not None:
+                if self._damage is None:
+                    schema.rest(handle.conn, self.where)
                 handle.close()  # SQLite checkpoints and removes -wal/-shm here
+            self._damage = None  # the file is checked again when it is opened again
             if self._metadata_due or self._wrote:
                 self._wrote = False
                 self._refresh_metadata()
@@ -286,19 +301,20 @@ class SQLiteStore(Store):
                 fresh = self._handle is None
                 with self._using("open") as conn:
                     opened = self._opened
-                    if not fresh or opened is None:
-                        opened = _read_header(conn, self.sealer)
-                    states = schema.read_states(conn)
-                if opened.header is None and not states:
+                    if fresh and opened is not None:
+                        header, state, states = opened.header, opened.state, opened.states
+                    else:
+                        header, state = _read_header(conn, self.sealer)
+                        states = schema.read_states(conn)
+                if header is None and not states:
                     return None
-                rewrite = opened.state.needs_rewrite
-                if opened.state is KeyState.PLAINTEXT:
+                rewrite = state.needs_rewrite
+                if state is KeyState.PLAINTEXT:
                     log.info("%s: plaintext auth key; it is sealed on the next save()", self.where)
-                elif opened.state is KeyState.OLD_KEY:
+                elif state is KeyState.OLD_KEY:
                     log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
                 self._purge_due = rewrite
-                header = opened.header or SessionHeader(0, None, None, None, None)
-                return StoredSession(header=header, update_states=states, needs_rewrite=rewrite)
+                return StoredSession(header=header or EMPTY_HEADER, update_states=states, needs_rewrite=rewrite)
         except BaseException:  # any failure, interrupts too: a session that failed to open must not keep the lock
             self.close()
             raise
@@ -363,7 +379,7 @@ class SQLiteStore(Store):
     def write_session(self, header: SessionHeader) -> None:
         """Replace the sessions row and commit with a full fsync before returning."""
         with self._using("write") as conn:
-            self._verify(conn)
+            self._begin_writing(conn)
             auth_key = self.sealer.seal_auth_key(header.auth_key) or b""  # Telethon stores b"" for none
             with schema.durable_transaction(conn):
                 conn.execute("delete from sessions")
@@ -376,8 +392,8 @@ class SQLiteStore(Store):
                 # checkpoint copies the new page over it: do that now.
                 self._purge_due = False
                 schema.checkpoint(conn, self.where)
-        self._wrote = True
-        self._refresh_metadata()
+        # metadata.json is an index rebuilt from the files: refreshed by the writer or close(), not here.
+        self._metadata_due = self._wrote = True
 
     def write_changes(self, changes: Changes) -> None:
         """Write entities, update states and sent files in one transaction (background thread)."""
@@ -386,7 +402,7 @@ class SQLiteStore(Store):
         state_rows = [(sid, s.pts, s.qts, int(s.date.timestamp()), s.seq) for sid, s in changes.states.items()]
         file_rows = [(*k, *v) for k, v in changes.files.items()]
         with self._using("write") as conn:
-            self._verify(conn)
+            self._begin_writing(conn)
             with schema.transaction(conn):
                 if entity_rows:
                     conn.executemany(schema.INSERT_ENTITY, entity_rows)
@@ -457,14 +473,15 @@ class SQLiteStore(Store):
         with self._lock:
             fresh = self._handle is None
             with self._using("re-seal", create=False) as conn:
-                opened = self._opened if fresh and self._opened is not None else _read_header(conn, self.sealer)
+                opened = self._opened
+                header, state = (opened.header, opened.state) if fresh and opened else _read_header(conn, self.sealer)
                 auth_key: bytes | None = None
-                if opened.header is not None and opened.state.needs_rewrite:
-                    auth_key = self.sealer.seal_auth_key(opened.header.auth_key) or b""
+                if header is not None and state.needs_rewrite:
+                    auth_key = self.sealer.seal_auth_key(header.auth_key) or b""
                 updates, sealed = self._resealed_entities(conn)
                 if auth_key is None and not updates:
                     return 0
-                self._verify(conn)
+                self._begin_writing(conn)
                 with schema.durable_transaction(conn):
                     if auth_key is not None:
                         conn.execute("update sessions set auth_key = ?", (auth_key,))
@@ -473,8 +490,8 @@ class SQLiteStore(Store):
                         conn.executemany(schema.UPDATE_PII, updates)
                         conn.executemany(schema.INSERT_SEALED, sealed)
                 self._sealed_table = self._sealed_table or bool(updates)
-                if opened.header is not None:
-                    self._opened = _Opened(opened.header, KeyState.CURRENT)
+                if opened is not None:
+                    self._opened = opened._replace(state=KeyState.CURRENT)
                 self._purge_due = False
                 schema.checkpoint(conn, self.where)  # the replaced values leave the disk now
         return int(auth_key is not None) + len(updates)
