@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import errno
 import json
 import logging
 import os
@@ -170,25 +171,24 @@ def user_file(directory: Path, key: SessionKey) -> Path:
     return path
 
 
-def session_paths(sessions_dir: str | os.PathLike[str], key: SessionKey) -> tuple[Path, Path, Path]:
+def session_paths(sessions_dir: str | os.PathLike[str], key: SessionKey) -> tuple[str, str, str]:
     """``(sessions_dir, bot directory, session file)``, absolute, without touching the disk.
 
-    :func:`check_session_path` checks them each time the file is opened.
+    :func:`check_bot_dir` checks the bot directory each time the file is opened, and
+    :meth:`FileLock.acquire` refuses a session file that is a symbolic link.
     """
-    path = Path(os.path.abspath(sessions_dir), key.bot_id, f"user_{key.user_id}{SESSION_SUFFIX}")
-    return path.parent.parent, path.parent, path
+    base = os.path.abspath(sessions_dir)
+    bot = os.path.join(base, key.bot_id)  # an id has no "/" and no ".."
+    return base, bot, os.path.join(bot, f"user_{key.user_id}{SESSION_SUFFIX}")
 
 
-def check_session_path(base: Path, bot: Path, path: Path, key: SessionKey) -> None:
-    """Before opening a file of :func:`session_paths`: the bot directory is no link out of the
-    sessions directory, and the file is no link at all (an id has no "/" and no "..").
+def check_bot_dir(base: str, bot: str, bot_id: str) -> None:
+    """The bot directory of :func:`session_paths` is no symbolic link out of the sessions directory.
 
     :raises InvalidSessionIdError: otherwise.
     """
     if os.path.islink(bot) and os.path.dirname(os.path.realpath(bot)) != os.path.realpath(base):
-        raise InvalidSessionIdError(f"bot_id {key.bot_id!r}: {bot} resolves outside the sessions directory {base}")
-    if os.path.islink(path):
-        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
+        raise InvalidSessionIdError(f"bot_id {bot_id!r}: {bot} resolves outside the sessions directory {base}")
 
 
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
@@ -269,13 +269,14 @@ class FileLock:
         self.held_key = held_key
 
     @classmethod
-    def acquire(cls, path: Path, where: str, *, create: bool, check: Callable[[], None]) -> FileLock:
+    def acquire(cls, path: str, where: str, *, create: bool, check: Callable[[], None]) -> FileLock:
         """Open ``path`` (creating it and its directory with ``create``) and lock it.
 
         ``check`` runs before the file is opened (path checks). A file replaced
         between opening and locking (deleted by another process) is opened again.
 
         :raises SessionInUseError: if this process or another one holds the lock.
+        :raises InvalidSessionIdError: if the file is a symbolic link (it is not followed).
         :raises FileNotFoundError: without ``create``, if the file does not exist.
         """
         flock = require_flock()
@@ -285,12 +286,17 @@ class FileLock:
                 raise SessionInUseError(where, "another session object in this process")
             _held.add(held_key)
         try:
-            if create:
-                make_private_dirs(path.parent)
             check()
             flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
             for _ in range(10):
-                fd = os.open(path, flags, FILE_MODE)
+                try:
+                    fd = _open_no_link(path, flags, where)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    make_private_dirs(Path(path).parent)  # a new bot directory
+                    check()
+                    fd = _open_no_link(path, flags, where)
                 try:
                     flock.flock(fd, flock.LOCK_EX | flock.LOCK_NB)
                 except BlockingIOError:
@@ -328,6 +334,16 @@ class FileLock:
         finally:
             with _held_lock:
                 _held.discard(self.held_key)
+
+
+def _open_no_link(path: str, flags: int, where: str) -> int:
+    """``os.open`` with ``O_NOFOLLOW``: a session file that is a symbolic link is refused."""
+    try:
+        return os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidSessionIdError(f"{where} is a symbolic link; refusing to follow it") from None
+        raise
 
 
 # -- metadata.json: reading ---------------------------------------------------------------------

@@ -44,6 +44,7 @@ Encryption at rest (``cipher=``, see :mod:`telethon_firestore_session.crypto`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -91,10 +92,10 @@ def _read_header(conn: sqlite3.Connection, sealer: Sealer) -> tuple[SessionHeade
     return schema.header_from_row(values, auth_key), state
 
 
-def _check_read_only(path: Path, where: str, sealer: Sealer) -> None:
+def _check_read_only(path: str, where: str, sealer: Sealer) -> None:
     """Check the schema and open the sessions row through a read-only connection."""
     try:
-        ro = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
+        ro = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
     except sqlite3.Error as exc:
         log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
         return
@@ -143,7 +144,7 @@ class _Opened(NamedTuple):
     prepared: bool  # it was checked and switched to WAL while opening (it needed writes)
 
 
-def _open(path: Path, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]) -> _Opened:
+def _open(path: str, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]) -> _Opened:
     """Lock and open the file, and read its sessions row and update states in one read transaction.
 
     The schema and the sessions row (opening a sealed auth key) are checked before
@@ -159,7 +160,7 @@ def _open(path: Path, where: str, sealer: Sealer, *, create: bool, check: Callab
             # Closing a writable connection checkpoints a left-over -wal into the
             # file: check what we are about to open without one.
             _check_read_only(path, where, sealer)
-        conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         lock.release()
         raise store_error("open", where, exc) from exc
@@ -171,13 +172,9 @@ def _open(path: Path, where: str, sealer: Sealer, *, create: bool, check: Callab
         with schema.file_errors("open", where):
             if sealer.cipher is not None:
                 conn.execute("pragma secure_delete=on")  # replaced values are zeroed, not left in free space
-            conn.execute("begin")
-            try:
-                names, version = schema.inspect(conn, where)
-                header, state = _read_header(conn, sealer) if names else (None, KeyState.NONE)
-                states = schema.read_states(conn) if "update_state" in names else {}
-            finally:
-                conn.execute("commit")
+            names, version = schema.inspect(conn, where)
+            header, state = _read_header(conn, sealer) if names else (None, KeyState.NONE)
+            states = schema.read_states(conn) if "update_state" in names else {}
             seals = sealer.seals_fields
             prepared = schema.prepare(conn, names, version, where, sealed_table=seals)
     except BaseException:  # any failure, interrupts too: a file that failed to open is released
@@ -203,8 +200,8 @@ class SQLiteStore(Store):
         encrypt_pii: bool = False,
     ) -> None:
         self.key = key
-        self.sessions_dir, self.bot_dir, self.path = files.session_paths(sessions_dir, key)
-        self.where = f"sqlite:{self.path}"
+        self._base, self._bot, self._file = files.session_paths(sessions_dir, key)
+        self.where = f"sqlite:{self._file}"
         self.sealer = Sealer(key, self.where, cipher, encrypt_pii=encrypt_pii, record="file")
         self.codec = schema.EntityCodec(self.sealer)
         self.cipher = cipher
@@ -227,14 +224,23 @@ class SQLiteStore(Store):
 
     # -- opening and closing ----------------------------------------------------------------
 
+    @functools.cached_property
+    def path(self) -> Path:
+        """The session file (absolute)."""
+        return Path(self._file)
+
+    @functools.cached_property
+    def bot_dir(self) -> Path:
+        return Path(self._bot)
+
     def _check_path(self) -> None:
-        files.check_session_path(self.sessions_dir, self.bot_dir, self.path, self.key)
+        files.check_bot_dir(self._base, self._bot, self.key.bot_id)
 
     def _conn(self, *, create: bool = True) -> sqlite3.Connection:
         """The open connection (call with ``self._lock`` held); opens file and lock if needed."""
         handle = self._handle
         if handle is None:
-            opened = self._opened = _open(self.path, self.where, self.sealer, create=create, check=self._check_path)
+            opened = self._opened = _open(self._file, self.where, self.sealer, create=create, check=self._check_path)
             handle = self._handle = opened.handle
             self._sealed_table = opened.sealed_table
             self._damage = None
@@ -298,12 +304,12 @@ class SQLiteStore(Store):
         """Open the file and read the sessions row and the update states (never the entities)."""
         try:
             with self._lock:
-                fresh = self._handle is None
-                with self._using("open") as conn:
-                    opened = self._opened
-                    if fresh and opened is not None:
-                        header, state, states = opened.header, opened.state, opened.states
-                    else:
+                if self._handle is None:
+                    self._conn()  # reads the header and the update states while opening
+                    assert self._opened is not None
+                    header, state, states = self._opened.header, self._opened.state, self._opened.states
+                else:
+                    with self._using("open") as conn:
                         header, state = _read_header(conn, self.sealer)
                         states = schema.read_states(conn)
                 if header is None and not states:
@@ -440,7 +446,7 @@ class SQLiteStore(Store):
                 handle.conn.close()  # SQLite checkpoints; the flock stays until the files are gone
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(f"{self.path}{suffix}")
+                        os.unlink(f"{self._file}{suffix}")
             except (OSError, sqlite3.Error) as exc:
                 raise store_error("delete", self.where, exc) from exc
             finally:
@@ -468,7 +474,7 @@ class SQLiteStore(Store):
         """
         if self.cipher is None:
             raise ConfigError("cipher", "re-sealing needs a cipher")
-        if not self.path.exists():
+        if not os.path.exists(self._file):
             return 0
         with self._lock:
             fresh = self._handle is None
