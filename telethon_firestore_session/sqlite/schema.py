@@ -199,6 +199,7 @@ def columns(conn: sqlite3.Connection, table: str) -> set[str]:
 
 
 _NAMES = "select name from sqlite_master where type in ('table', 'index')"
+_TABLES_8 = {"version", "sessions", "entities", "sent_files", "update_state"}
 _NAMES_AND_VERSION = f"select name, (select version from version) from ({_NAMES})"  # noqa: S608 - fixed text
 
 
@@ -228,8 +229,9 @@ def inspect(conn: sqlite3.Connection, where: str) -> tuple[set[str], int | None]
         raise SchemaVersionError(where, version, SCHEMA_VERSION)
     if version < 1:
         raise SessionCorruptError(f"{where}: schema version {version} is invalid; {_NOT_MODIFIED}")
-    if "sessions" not in names:
-        raise SessionCorruptError(f"{where}: no sessions table, so not a Telethon session; {_NOT_MODIFIED}")
+    absent = sorted(({"sessions", "entities"} | (_TABLES_8 if version == SCHEMA_VERSION else set())) - names)
+    if absent:
+        raise SessionCorruptError(f"{where}: no {', '.join(absent)} table, so not a Telethon session; {_NOT_MODIFIED}")
     return names, version
 
 
@@ -274,6 +276,8 @@ def file_errors(what: str, where: str) -> Iterator[None]:
         yield
     except BadValue as exc:
         raise damaged(where, str(exc)) from exc
+    except UnicodeDecodeError as exc:  # sqlite3 decoding a damaged schema, or an error message quoting it
+        raise damaged(where, f"text that is not UTF-8 ({exc.reason})") from exc
     except sqlite3.Error as exc:
         if is_damage(exc):
             raise damaged(where, f"{type(exc).__name__}: {exc}") from exc
@@ -312,6 +316,8 @@ def check_file(path: str | os.PathLike[str], *, timeout: float = 1.0) -> str | N
             return quick_check(conn)
         finally:
             conn.close()
+    except UnicodeDecodeError as exc:
+        return f"text that is not UTF-8 ({exc.reason})"
     except sqlite3.Error as exc:
         if is_damage(exc):
             return f"{type(exc).__name__}: {exc}"
@@ -568,8 +574,9 @@ def prepare(conn: sqlite3.Connection, names: set[str], version: int | None, wher
 
     A file that is ready already (any file the store wrote) is not written at all. Before
     its first writes to any other file (upgrading it, adding the indexes) it runs
-    :func:`quick_check`, so a damaged file is never modified, and switches to WAL
-    (:func:`use_wal`; the store's caller passes ``wipe`` there itself).
+    :func:`quick_check`, so a damaged file is never modified; the writes are one
+    transaction in the file's own journal mode (a failure leaves the file as it was),
+    and only then is the file switched to WAL (:func:`use_wal`).
 
     :param names: its tables and indexes, and ``version`` its schema version (:func:`inspect`).
     :param sealed_table: also create the side table of sealed entity fields.
@@ -583,7 +590,8 @@ def prepare(conn: sqlite3.Connection, names: set[str], version: int | None, wher
         problem = quick_check(conn)
         if problem is not None:
             raise damaged(where, problem)
-    use_wal(conn, where)
+    # In the file's own journal mode first: if this fails, it is rolled back and the
+    # file is as it was (switching to WAL rewrites its header).
     with transaction(conn):
         if version is None:
             create_tables(conn)
@@ -594,6 +602,7 @@ def prepare(conn: sqlite3.Connection, names: set[str], version: int | None, wher
             conn.execute(stmt)
         if sealed_table:
             conn.execute(f"create table if not exists {SEALED_TABLE}")
+    use_wal(conn, where)
     return True
 
 

@@ -156,12 +156,15 @@ def _open(path: str, where: str, sealer: Sealer, *, create: bool, check: Callabl
     except OSError as exc:
         raise store_error("open", where, exc) from exc
     try:
+        head = os.pread(lock.fd, len(schema.SQLITE_MAGIC), 0)
+        if head and head != schema.SQLITE_MAGIC:  # SQLite would take a short one for an empty database
+            raise schema.damaged(where, "not an SQLite database: its first bytes are not SQLite's")
         if os.path.exists(f"{path}-wal") and os.stat(f"{path}-wal").st_size:
             # Closing a writable connection checkpoints a left-over -wal into the
             # file: check what we are about to open without one.
             _check_read_only(path, where, sealer)
         conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         lock.release()
         raise store_error("open", where, exc) from exc
     except BaseException:  # any failure, interrupts too: the lock is not kept
