@@ -21,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,199 @@ def test_sqlite_opens_right_or_raises_and_never_writes_what_did_not_open(
 
 def test_documented_errors_are_session_errors() -> None:
     assert all(issubclass(e, SessionError) for e in DOCUMENTED)
+
+
+# -- Firestore (the emulator) ----------------------------------------------------------------------
+
+FS_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=40),
+    st.binary(max_size=300),
+    st.lists(st.integers(min_value=-5, max_value=5), max_size=3),
+    st.dictionaries(st.sampled_from(["pts", "qts", "date", "seq", "x"]), st.integers(-5, 10**12), max_size=4),
+    st.datetimes(timezones=st.just(UTC)),
+    st.sampled_from([KEY[:100], KEY + b"x", b"", "", 10**12, 2**62, -1, "x" * 200_000, b"y" * 200_000]),
+)
+SESSION_FIELDS = (
+    "schema_version",
+    "dc_id",
+    "server_address",
+    "port",
+    "auth_key",
+    "takeout_id",
+    "update_states",
+    "created_at",
+    "extra",
+)
+ENTITY_FIELDS = ("hash", "username", "phone", "name", "date", "extra")
+FILE_FIELDS = ("md5", "size", "type", "id", "hash", "extra")
+STATE_IDS = ("0", "1000000777")
+
+
+@st.composite
+def firestore_mutations(draw: Any) -> list[tuple[Any, ...]]:
+    out = []
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        target = draw(st.sampled_from(["session", "session", "state", "entity", "entity", "file", "stray"]))
+        delete = draw(st.booleans())
+        value = draw(FS_VALUES)
+        if target == "session":
+            out.append((target, (draw(st.sampled_from(SESSION_FIELDS)),), delete, value))
+        elif target == "state":
+            sid = draw(st.sampled_from(STATE_IDS))
+            path = (sid,) if draw(st.booleans()) else (sid, draw(st.sampled_from(["pts", "qts", "date", "seq", "x"])))
+            out.append((target, ("update_states", *path), delete, value))
+        elif target == "entity":
+            eid = draw(st.sampled_from(ENTITY_IDS[:5]))
+            out.append((target, (str(eid), draw(st.sampled_from(ENTITY_FIELDS))), delete, value))
+        elif target == "file":
+            out.append((target, (draw(st.sampled_from(FILE_FIELDS)),), delete, value))
+        else:  # a document whose id is not an entity id, with whatever is in it
+            out.append((target, (draw(st.sampled_from(["abc", "-0", "1e3", "99999999999999999999"])),), delete, value))
+    return out
+
+
+class FirestoreCase:
+    """One session written from the raw documents of a populated session, under a fresh user id."""
+
+    def __init__(self, client: Any, bot_id: str, raw: dict[str, Any]) -> None:
+        self.client = client
+        self.bot_id = bot_id
+        self.uid = uuid.uuid4().hex[:12]
+        self.doc = client.document(f"bots/{bot_id}/user_sessions/{self.uid}")
+        batch = client.batch()
+        batch.set(self.doc, raw["session"])
+        for eid, data in raw["entities"].items():
+            batch.set(self.doc.collection("entities").document(eid), data)
+        for fid, data in raw["files"].items():
+            batch.set(self.doc.collection("sent_files").document(fid), data)
+        batch.commit()
+        self.file_id = next(iter(raw["files"]))
+
+    def mutate(self, mutations: list[tuple[Any, ...]]) -> None:
+        from google.api_core import exceptions
+        from google.cloud.firestore_v1 import DELETE_FIELD
+        from google.cloud.firestore_v1.field_path import FieldPath
+
+        for target, path, delete, value in mutations:
+            new = DELETE_FIELD if delete else value
+            try:
+                if target in ("session", "state"):
+                    self.doc.update({FieldPath(*path).to_api_repr(): new})
+                elif target == "entity":
+                    self.doc.collection("entities").document(path[0]).update({FieldPath(path[1]).to_api_repr(): new})
+                elif target == "file":
+                    ref = self.doc.collection("sent_files").document(self.file_id)
+                    ref.update({FieldPath(path[0]).to_api_repr(): new})
+                else:
+                    self.doc.collection("entities").document(path[0]).set({"hash": value, "username": "user3"})
+            except (exceptions.GoogleAPICallError, ValueError, TypeError):
+                continue  # Firestore refuses it (a value too big, a nested array): not stored
+
+    def snapshot(self) -> list[tuple[str, Any, Any]]:
+        """Every document of the session with its data and update time."""
+        docs = [self.doc.get()]
+        for name in ("entities", "sent_files"):
+            docs.extend(self.doc.collection(name).stream())
+        return sorted((d.reference.path, d.to_dict(), d.update_time) for d in docs if d.exists)
+
+
+def check_firestore_session(s: Any, raw: dict[str, Any]) -> None:
+    """An opened session holds what the document says, with the documented types."""
+    assert raw.get("schema_version") == 1
+    assert s.dc_id == raw.get("dc_id", 0) and is_int(s.dc_id)
+    assert s.server_address == raw.get("server_address") and isinstance(s.server_address, (str, type(None)))
+    assert s.port == raw.get("port") and (s.port is None or is_int(s.port))
+    assert s.takeout_id == raw.get("takeout_id") and (s.takeout_id is None or is_int(s.takeout_id))
+    key = raw.get("auth_key")
+    assert (s.auth_key.key if s.auth_key else None) == (key or None)
+    assert key in (None, b"") or (isinstance(key, bytes) and len(key) == 256)
+    stored = raw.get("update_states") or {}
+    states = dict(s.get_update_states())
+    assert {str(k) for k in states} == set(stored)
+    for sid, got in states.items():
+        want = stored[str(sid)]
+        assert all(is_int(want[f]) for f in ("pts", "qts", "date", "seq"))
+        assert (got.pts, got.qts, got.seq) == (want["pts"], want["qts"], want["seq"])
+        assert got.date == datetime.datetime.fromtimestamp(want["date"], UTC)
+
+
+def check_firestore_lookups(store: Any, case: FirestoreCase) -> None:
+    for eid in ENTITY_IDS:
+        snap = case.doc.collection("entities").document(str(eid)).get()
+        try:
+            row = store.find_entity_by_ids([eid])
+        except DOCUMENTED:
+            continue
+        if not snap.exists:
+            assert row is None
+            continue
+        assert row is not None, f"entity {eid} is stored, and the lookup said 'not found'"
+        want = snap.to_dict()
+        assert (row.id, row.hash, row.date) == (eid, want["hash"], want.get("date") or 0)
+        assert (row.username, row.phone, row.name) == tuple(want.get(f) for f in ("username", "phone", "name"))
+        assert is_int(row.hash) and is_int(row.date)
+        assert all(isinstance(v, (str, type(None))) for v in (row.username, row.phone, row.name))
+    snap = case.doc.collection("sent_files").document(case.file_id).get()
+    try:
+        found = store.find_file((bytes(range(16)), 1234, 0))
+    except DOCUMENTED:
+        return
+    want = snap.to_dict() if snap.exists else None
+    if found is not None:
+        assert want is not None and found == (want["id"], want["hash"]) and all(is_int(v) for v in found)
+        assert (want["md5"], want["size"], want["type"]) == (bytes(range(16)), 1234, 0)
+
+
+@pytest.fixture
+def firestore_raw(firestore_client: Any, bot_id: str) -> dict[str, Any]:
+    """The raw documents of a populated session, as FirestoreSession writes them."""
+    from telethon_firestore_session import FirestoreSession
+
+    s = FirestoreSession("pristine", bot_id=bot_id, client=firestore_client)
+    populate(s)
+    assert s.flush(30)
+    doc = firestore_client.document(f"bots/{bot_id}/user_sessions/pristine")
+    return {
+        "session": doc.get().to_dict(),
+        "entities": {d.id: d.to_dict() for d in doc.collection("entities").stream()},
+        "files": {d.id: d.to_dict() for d in doc.collection("sent_files").stream()},
+    }
+
+
+@pytest.mark.firestore
+@given(mutations=firestore_mutations())
+@settings(HYPOTHESIS, max_examples=40)
+def test_firestore_opens_right_or_raises_and_never_writes_what_did_not_open(
+    firestore_client: Any, bot_id: str, firestore_raw: dict[str, Any], mutations: list[tuple[Any, ...]]
+) -> None:
+    from telethon_firestore_session import FirestoreSession
+    from telethon_firestore_session.firestore import FirestoreStore
+
+    case = FirestoreCase(firestore_client, bot_id, firestore_raw)
+    case.mutate(mutations)
+    before = case.snapshot()
+    raw = case.doc.get().to_dict() or {}
+    try:
+        s = FirestoreSession(case.uid, bot_id=bot_id, client=firestore_client)
+    except DOCUMENTED:
+        assert case.snapshot() == before  # a record that did not open is never written
+        return
+    check_firestore_session(s, raw)
+    store = FirestoreStore(SessionKey(bot_id, case.uid), firestore_client)
+    check_firestore_lookups(store, case)
+    # Used as a bot would: anything that fails is a documented error, never another one.
+    s.process_entities(types.contacts.ResolvedPeer(types.PeerUser(99), [], [types.User(99, access_hash=1)]))
+    s.set_update_state(0, types.updates.State(50, 6, DATE, 7, unread_count=0))
+    s.auth_key = AuthKey(KEY[::-1])
+    with contextlib.suppress(*DOCUMENTED):
+        s.save()
+    with contextlib.suppress(*DOCUMENTED):
+        s.flush(5)
+    with contextlib.suppress(ValueError):
+        s.get_input_entity("user3")
+    with contextlib.suppress(*DOCUMENTED):
+        s.close()
