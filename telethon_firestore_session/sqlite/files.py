@@ -262,11 +262,13 @@ _held_lock = threading.Lock()
 class FileLock:
     """An exclusive ``flock`` on one session file, held by one object of this process."""
 
-    __slots__ = ("fd", "held_key")
+    __slots__ = ("fd", "held_key", "size")
 
-    def __init__(self, fd: int, held_key: str) -> None:
+    def __init__(self, fd: int, held_key: str, size: int = 0) -> None:
         self.fd = fd
         self.held_key = held_key
+        #: The file's size when it was locked.
+        self.size = size
 
     @classmethod
     def acquire(cls, path: str, where: str, *, create: bool, check: Callable[[], None]) -> FileLock:
@@ -316,7 +318,7 @@ class FileLock:
                 if st is not None and (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
                     if fst.st_mode & 0o777 != FILE_MODE:
                         os.fchmod(fd, FILE_MODE)  # -wal/-shm inherit this mode from SQLite
-                    return cls(fd, held_key)
+                    return cls(fd, held_key, fst.st_size)
                 os.close(fd)
             raise SessionStoreError(f"{where}: the file keeps being replaced while opening it")
         except BaseException:  # any failure, interrupts too: the path is not held

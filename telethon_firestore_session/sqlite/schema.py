@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 8
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
+#: An SQLite database holds at least one page of at least 512 bytes (SQLite checks longer files itself).
+MIN_DATABASE_SIZE = 512
 #: Rows read per query when listing entities or sent files.
 PAGE = 1000
 #: Below every SQLite integer (ids are paged with ``where id > ?``).

@@ -156,9 +156,8 @@ def _open(path: str, where: str, sealer: Sealer, *, create: bool, check: Callabl
     except OSError as exc:
         raise store_error("open", where, exc) from exc
     try:
-        head = os.pread(lock.fd, len(schema.SQLITE_MAGIC), 0)
-        if head and head != schema.SQLITE_MAGIC:  # SQLite would take a short one for an empty database
-            raise schema.damaged(where, "not an SQLite database: its first bytes are not SQLite's")
+        if 0 < lock.size < schema.MIN_DATABASE_SIZE:  # SQLite would take it for an empty database
+            raise schema.damaged(where, f"not an SQLite database: {lock.size} bytes")
         if os.path.exists(f"{path}-wal") and os.stat(f"{path}-wal").st_size:
             # Closing a writable connection checkpoints a left-over -wal into the
             # file: check what we are about to open without one.
