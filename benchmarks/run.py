@@ -148,6 +148,8 @@ def run_all(
     files = b.prepare_local_files(ctx, impls, max(sizes.lookup_sizes), biggest)
     open_local = b.bench_open_local(ctx, files, sizes.open_repeats)
     show([open_local])
+    save_key = b.bench_save_auth_key(ctx, impls, sizes.open_repeats)
+    show([save_key])
     show([b.bench_lazy_lookups(ctx, files, biggest.prefix(max(sizes.lookup_sizes)), sizes.repeats)])
     open_fs: Workload | None = None
     if ctx.client is not None:
@@ -167,6 +169,18 @@ def run_all(
         print_hot(hot)
 
     collect_targets(ctx, workloads, targets, save, open_fs, writes, hot, sizes, open_local)
+    local_speed_targets(targets, open_local, save_key, max(sizes.lookup_sizes))
+
+
+def local_speed_targets(targets: list[Target], open_local: Workload, save_key: Workload, n: int) -> None:
+    """Issue 11: ScopedSQLiteSession opens and saves a changed auth key at Telethon's own speed (paired)."""
+    if open_local.row(f"{SCOPED} (0)") is None:
+        return
+    for size in ("0", f"{n // 1000}k"):
+        value = open_local.paired_ratio(f"{SCOPED} ({size})", f"{SQLITE} ({size})")
+        targets.append(Target("11", f"open {SCOPED} / {SQLITE}, {size} entities (paired median)", value, 1.2))
+    value = save_key.paired_ratio(SCOPED, SQLITE)
+    targets.append(Target("11", f"save() of a changed auth key: {SCOPED} / {SQLITE} (paired median)", value, 1.2))
 
 
 def print_writes(w: b.WriteCount) -> None:

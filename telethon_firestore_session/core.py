@@ -807,9 +807,11 @@ class SessionCore(Session):  # type: ignore[misc]
         store = self._store
         if store is None or self._deleted:
             return
-        if not self.flush():
-            log.warning("closing %s before the background writer stored everything; it keeps retrying", store.where)
-        store.close()
+        try:
+            if not self.flush():
+                log.warning("closing %s before the background writer stored everything; it keeps retrying", store.where)
+        finally:
+            store.close()  # also when the last save() fails (a damaged file): the lock is released
 
     def delete(self) -> bool:
         """Remove every stored record of this session (Telethon calls this on ``log_out()``)."""

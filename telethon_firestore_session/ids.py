@@ -9,10 +9,11 @@ from .errors import InvalidSessionIdError
 
 MAX_ID_LENGTH = 128
 
-# Printable, no path separators, no whitespace, no shell or URL specials.
-_ALLOWED = re.compile(r"^[A-Za-z0-9_.@:+=~-]+$")
+# Printable, no path separators, no whitespace, no shell or URL specials. Matched with
+# fullmatch: ``$`` would also match before a final newline ("123\n" is not "123").
+_ALLOWED = re.compile(r"[A-Za-z0-9_.@:+=~-]+")
 # Firestore reserves ids of the form __name__.
-_RESERVED = re.compile(r"^__.*__$")
+_RESERVED = re.compile(r"__.*__")
 
 
 def validate_id(kind: str, value: object) -> str:
@@ -29,14 +30,14 @@ def validate_id(kind: str, value: object) -> str:
         raise InvalidSessionIdError(f"{kind} must not be empty")
     if len(text) > MAX_ID_LENGTH:
         raise InvalidSessionIdError(f"{kind} must be at most {MAX_ID_LENGTH} characters, got {len(text)}")
-    if not _ALLOWED.match(text):
+    if not _ALLOWED.fullmatch(text):
         raise InvalidSessionIdError(
             f"{kind} {text!r} may only contain letters, digits and _ . @ : + = ~ - "
             "(no path separators, spaces or control characters)"
         )
     if ".." in text or text.startswith("."):
         raise InvalidSessionIdError(f"{kind} {text!r} must not contain '..' or start with '.'")
-    if _RESERVED.match(text):
+    if _RESERVED.fullmatch(text):
         raise InvalidSessionIdError(f"{kind} {text!r} must not have the reserved form __name__")
     return text
 

@@ -4,6 +4,9 @@ Sessions hand it :class:`~telethon_firestore_session._core.Changes`; it merges
 them per store (the newest value of a record wins), writes them from one daemon
 thread, retries failures with exponential backoff, and never raises into the
 caller. ``flush()`` waits, with a bound, until a store's changes are written.
+A store whose writes keep raising :class:`~telethon_firestore_session.errors.SessionCorruptError`
+(a damaged file) is given up after ``give_up_after`` attempts: its changes are dropped
+and counted, and ``flush()`` of it returns ``False``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, ClassVar
+
+from .errors import SessionCorruptError
 
 if TYPE_CHECKING:
     from .core import Changes, Store
@@ -26,16 +32,35 @@ log = logging.getLogger("telethon_firestore_session.writer")
 class WriterStats:
     """A snapshot of the writer's health, for ``health_check()`` and monitoring."""
 
-    __slots__ = ("failed_writes", "flushes", "last_error", "queue_depth", "written_records")
+    __slots__ = (
+        "dropped_records",
+        "failed_stores",
+        "failed_writes",
+        "flushes",
+        "last_error",
+        "queue_depth",
+        "written_records",
+    )
 
     def __init__(
-        self, queue_depth: int, failed_writes: int, written_records: int, flushes: int, last_error: str | None
+        self,
+        queue_depth: int,
+        failed_writes: int,
+        written_records: int,
+        flushes: int,
+        last_error: str | None,
+        dropped_records: int = 0,
+        failed_stores: tuple[str, ...] = (),
     ) -> None:
         self.queue_depth = queue_depth
         self.failed_writes = failed_writes
         self.written_records = written_records
         self.flushes = flushes
         self.last_error = last_error
+        #: Records dropped because their store was given up (a damaged file).
+        self.dropped_records = dropped_records
+        #: Where the stores that were given up live (while they are in use, until written again or deleted).
+        self.failed_stores = failed_stores
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -53,6 +78,8 @@ class BackgroundWriter:
 
     _instance: ClassVar[BackgroundWriter | None] = None
     _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+    #: Attempts after which a store raising SessionCorruptError is given up (retrying cannot help).
+    give_up_after: ClassVar[int] = 3
 
     def __init__(
         self,
@@ -72,12 +99,15 @@ class BackgroundWriter:
         self._retry_at: dict[Store, float] = {}
         self._in_flight: set[Store] = set()
         self._periodic: dict[Store, None] = {}
+        # Given up (damaged): until written again, discarded, or no longer used by anyone.
+        self._failed: weakref.WeakKeyDictionary[Store, None] = weakref.WeakKeyDictionary()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._stopping = False
         self.failed_writes = 0
         self.written_records = 0
         self.flushes = 0
+        self.dropped_records = 0
         self.last_error: str | None = None
 
     # -- the process-wide instance ------------------------------------------------------
@@ -115,6 +145,7 @@ class BackgroundWriter:
             self._attempts.pop(store, None)
             self._retry_at.pop(store, None)
             self._periodic.pop(store, None)
+            self._failed.pop(store, None)
             deadline = time.monotonic() + 30.0
             while store in self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(0.05)
@@ -131,7 +162,10 @@ class BackgroundWriter:
             self._periodic.pop(store, None)
 
     def flush(self, store: Store | None = None, timeout: float = 10.0) -> bool:
-        """Wait until ``store``'s changes (or all, for ``None``) are written; ``False`` on timeout."""
+        """Wait until ``store``'s changes (or all, for ``None``) are written; ``False`` on timeout.
+
+        Also ``False`` for a store that was given up (its changes were dropped).
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             # Anything waiting for a retry is due now: someone is waiting for it.
@@ -146,7 +180,7 @@ class BackgroundWriter:
                     else (store in self._pending or store in self._in_flight)
                 )
                 if not busy:
-                    return True
+                    return store is None or store not in self._failed
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -162,7 +196,16 @@ class BackgroundWriter:
     def stats(self) -> WriterStats:
         with self._cond:
             depth = sum(len(c) for c in self._pending.values())
-            return WriterStats(depth, self.failed_writes, self.written_records, self.flushes, self.last_error)
+            failed = tuple(s.where for s in self._failed)
+            return WriterStats(
+                depth,
+                self.failed_writes,
+                self.written_records,
+                self.flushes,
+                self.last_error,
+                self.dropped_records,
+                failed,
+            )
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -219,6 +262,23 @@ class BackgroundWriter:
                 self.last_error = f"{type(exc).__name__} writing {store.where}"
                 attempt = self._attempts.get(store, 0) + 1
                 self._attempts[store] = attempt
+                if isinstance(exc, SessionCorruptError) and (attempt >= self.give_up_after or store in self._failed):
+                    newer = self._pending.pop(store, None)
+                    dropped = len(changes) + (len(newer) if newer is not None else 0)
+                    self.dropped_records += dropped
+                    self._failed[store] = None
+                    self._attempts.pop(store, None)
+                    self._retry_at.pop(store, None)
+                    self._in_flight.discard(store)
+                    self._cond.notify_all()
+                    log.error(
+                        "gave up writing %d records of %s after %d attempts: %s",
+                        dropped,
+                        store.where,
+                        attempt,
+                        str(exc),
+                    )
+                    return
                 backoff = min(self._max_backoff, self._min_backoff * (2 ** (attempt - 1)))
                 self._retry_at[store] = time.monotonic() + backoff
                 newer = self._pending.get(store)
@@ -239,6 +299,7 @@ class BackgroundWriter:
         with self._cond:
             self.written_records += len(changes)
             self.flushes += 1
+            self._failed.pop(store, None)
             self._attempts.pop(store, None)
             self._retry_at.pop(store, None)
             self._in_flight.discard(store)

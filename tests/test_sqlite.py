@@ -280,7 +280,7 @@ def test_our_file_opens_in_telethon_and_back(opener: Opener) -> None:
     s.save()
     s.close()
     assert rows(s.path, "select version from version") == [(SCHEMA_VERSION,)]
-    assert rows(s.path, "pragma journal_mode") == [("wal",)]
+    assert rows(s.path, "pragma journal_mode") == [("delete",)]  # at rest: Telethon's journal, one file
 
     t = SQLiteSession(str(s.path))
     try:
@@ -316,7 +316,8 @@ def test_telethon_file_opens_here(opener: Opener, sdir: Path) -> None:
     check_populated(s)
     assert mode(path) == 0o600  # tightened from Telethon's default
     s.close()
-    assert rows(path, "pragma journal_mode") == [("wal",)]
+    assert rows(path, "pragma journal_mode") == [("delete",)]
+    assert sorted(p.name for p in path.parent.glob("user_42.session*")) == ["user_42.session"]
     t = SQLiteSession(str(path))
     try:
         check_populated(t, files=False)
@@ -458,7 +459,14 @@ def test_newer_or_foreign_files_are_refused_untouched(opener: Opener, sdir: Path
 
 def test_wal_mode_and_one_transaction_per_flush(opener: Opener) -> None:
     s = opener()
-    assert rows(s.path, "pragma journal_mode") == [("wal",)]
+    assert rows(s.path, "pragma journal_mode") == [("wal",)]  # a new file: created in WAL mode
+    s.close()
+    assert rows(s.path, "pragma journal_mode") == [("delete",)]  # closed: back to Telethon's journal
+    s = opener()
+    s.save()
+    assert rows(s.path, "pragma journal_mode") == [("delete",)]  # opened and read: nothing written
+    s.close()
+    s = opener()
     store = s._sqlite
     handle = store._handle
     assert handle is not None
@@ -477,7 +485,8 @@ def test_wal_mode_and_one_transaction_per_flush(opener: Opener) -> None:
         "begin immediate",
         "commit",
     ]
-    assert Path(f"{s.path}-wal").exists()
+    assert Path(f"{s.path}-wal").exists()  # written: in WAL mode while open
+    assert rows(s.path, "pragma journal_mode") == [("wal",)]
     assert rows(s.path, "select count(*) from entities") == [(300,)]
     assert rows(s.path, "select count(*) from update_state") == [(2,)]
 
@@ -773,7 +782,9 @@ def test_unreadable_metadata_is_rebuilt_from_files(
         SQLiteDirectory(sdir, BOT).list_users()
     s = opener("43")
     s.auth_key = AuthKey(KEY)
-    s.save()  # the next write repairs the file, keeping the unreadable one aside
+    s.save()
+    assert meta.read_bytes() == garbage  # saving an auth key does not touch metadata.json ...
+    s.close()  # ... closing does: it repairs the file, keeping the unreadable one aside
     assert set(json.loads(meta.read_text())) == {"41", "42", "43"}
     [aside] = (sdir / BOT).glob(f"{METADATA_FILE}.*.unreadable")
     assert aside.read_bytes() == garbage
@@ -1127,7 +1138,8 @@ def test_the_store_folds_and_keeps_the_managers_fields(sdir: Path, opener: Opene
     (bot_dir / "user_7.meta.json").write_text(json.dumps(legacy_meta(old)))
     s = opener("7", cipher=old)
     s.auth_key = AuthKey(KEY)
-    s.save()  # the store's first write to metadata.json folds the old file in
+    s.save()
+    s.close()  # the store's first write to metadata.json folds the old file in
     assert not (bot_dir / "user_7.meta.json").exists()
     directory = SQLiteDirectory(sdir, BOT, cipher=old)
     check_folded_user(directory)

@@ -306,7 +306,31 @@ def _check_local(env: Env) -> Iterator[Check]:
         )
     else:
         yield Check("locks", "ok", f"{len(files)} session file(s), none open in a running process")
+    yield _check_integrity(list(files.values()))
     yield from _check_sealing(env, _sqlite_auth_keys(files))
+
+
+def _check_integrity(files: Sequence[Path]) -> Check:
+    """SQLite's quick_check on every session file (read-only, without the session's lock)."""
+    from telethon_firestore_session.errors import SessionStoreError
+    from telethon_firestore_session.sqlite import check_file
+
+    damaged = []
+    for f in files:
+        try:
+            problem = check_file(f)
+        except SessionStoreError as exc:
+            problem = f"cannot be checked now: {exc}"
+        if problem is not None:
+            damaged.append(f"{f.name}: {problem}")
+    if damaged:
+        return Check(
+            "integrity",
+            "fail",
+            f"{len(damaged)} of {len(files)} session file(s) fail SQLite's quick_check: " + "; ".join(damaged[:5]),
+            "stop the bot and restore them from a backup (or delete them: those users log in again)",
+        )
+    return Check("integrity", "ok", f"{len(files)} session file(s) pass SQLite's quick_check")
 
 
 def cmd_doctor(env: Env, out: Output) -> int:

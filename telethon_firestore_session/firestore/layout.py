@@ -289,6 +289,19 @@ def _opt(value: object, kind: type | tuple[type, ...]) -> bool:
     return value is None or (isinstance(value, kind) and not isinstance(value, bool))
 
 
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_id(text: object) -> int | None:
+    """The integer a document id or map key spells canonically (``"-100"``), else ``None``."""
+    try:
+        value = int(text)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return value if str(value) == text else None
+
+
 def parse_session_document(data: dict[str, Any], where: str) -> StoredSession:
     """Validate a session document and turn it into a :class:`StoredSession` (the auth key as stored)."""
     version = data.get("schema_version")
@@ -312,20 +325,26 @@ def parse_session_document(data: dict[str, Any], where: str) -> StoredSession:
     _check(_opt(auth_key, bytes), where, "auth_key must be bytes")
     takeout = data.get("takeout_id")
     _check(_opt(takeout, int), where, "takeout_id must be an integer")
-    raw_states = data.get("update_states") or {}
-    _check(isinstance(raw_states, dict), where, "update_states must be a map")
+    raw_states = data.get("update_states")
+    _check(raw_states is None or isinstance(raw_states, dict), where, "update_states must be a map")
     states: dict[int, types.updates.State] = {}
-    for k, v in raw_states.items():
-        try:
-            sid = int(k)
-            pts, qts, date, seq = (int(v["pts"]), int(v["qts"]), int(v["date"]), int(v["seq"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SessionCorruptError(
-                f"{where}: update state {k!r} is malformed; the document was not modified"
-            ) from exc
-        states[sid] = types.updates.State(
-            pts, qts, datetime.datetime.fromtimestamp(date, tz=datetime.timezone.utc), seq, unread_count=0
+    for k, v in (raw_states or {}).items():
+        sid = _int_id(k)
+        values: list[Any] = [v.get(f) for f in ("pts", "qts", "date", "seq")] if isinstance(v, dict) else []
+        _check(
+            sid is not None and len(values) == 4 and all(_int(x) for x in values),
+            where,
+            f"update state {k!r} is malformed",
         )
+        assert sid is not None
+        pts, qts, date, seq = values
+        try:
+            when = datetime.datetime.fromtimestamp(date, tz=datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise SessionCorruptError(
+                f"{where}: the date of update state {k!r} is out of range; the document was not modified"
+            ) from exc
+        states[sid] = types.updates.State(pts, qts, when, seq, unread_count=0)
     header = SessionHeader(dc_id, server, port, auth_key or None, takeout)
     return StoredSession(header=header, update_states=states)
 
@@ -375,30 +394,30 @@ def entity_fields(row: EntityRow, sealer: Sealer) -> dict[str, Any]:
 
 
 def entity_row(doc_id: str, data: dict[str, Any] | None, sealer: Sealer) -> EntityRow | None:
-    """The entity row of a document, sealed fields opened; ``None`` (logged) if it is malformed."""
+    """The entity row of a document, sealed fields opened; ``None`` if there is no document.
+
+    :raises SessionCorruptError: for a document of the wrong shape (it is not modified).
+    :raises SessionDecryptionError: for a sealed field that does not open.
+    """
     if data is None:
         return None
-    opened = data
-    if any(isinstance(data.get(f), bytes) for f in PII_FIELDS):
-        opened = dict(data)
-        for f in PII_FIELDS:
-            value = data.get(f)
-            if isinstance(value, bytes):
-                opened[f] = sealer.open_entity_field(doc_id, f, value)
-                # Lookups compare the index: it must be the opened value's, or the record was changed outside.
-                sealer.check_blind_index(doc_id, f, opened[f], data.get(f"{f}_bi"))
-    try:
-        return EntityRow(
-            int(doc_id),
-            int(opened["hash"]),
-            opened.get("username"),
-            opened.get("phone"),
-            opened.get("name"),
-            int(opened.get("date") or 0),
-        )
-    except (KeyError, TypeError, ValueError):
-        log.warning("ignoring malformed entity document %s", doc_id)
-        return None
+    eid = _int_id(doc_id)
+    _check(eid is not None, sealer.where, f"entity document {doc_id!r} has an id that is not an entity id")
+    assert eid is not None
+    fields: list[str | None] = []
+    for f in PII_FIELDS:
+        value = data.get(f)
+        if isinstance(value, bytes):
+            value = sealer.open_entity_field(doc_id, f, value)
+            # Lookups compare the index: it must be the opened value's, or the record was changed outside.
+            sealer.check_blind_index(doc_id, f, value, data.get(f"{f}_bi"))
+        _check(_opt(value, str), sealer.where, f"{f} of entity document {doc_id} must be a string")
+        fields.append(value)
+    ehash: Any = data.get("hash")
+    date: Any = data.get("date")
+    _check(_int(ehash) and _opt(date, int), sealer.where, f"hash or date of entity document {doc_id} is not an integer")
+    username, phone, name = fields
+    return EntityRow(eid, ehash, username, phone, name, date or 0)
 
 
 def file_doc_id(key: FileKey) -> str:
@@ -410,11 +429,15 @@ def file_fields(key: FileKey, value: tuple[int, int]) -> dict[str, Any]:
     return {"md5": key[0], "size": key[1], "type": key[2], "id": value[0], "hash": value[1]}
 
 
-def file_entry(doc_id: str, data: dict[str, Any] | None) -> tuple[FileKey, tuple[int, int]] | None:
-    """``(key, (id, access_hash))`` of a sent-file document; ``None`` (logged) if it is malformed."""
-    try:
-        data = data or {}
-        return (bytes(data["md5"]), int(data["size"]), int(data["type"])), (int(data["id"]), int(data["hash"]))
-    except (KeyError, TypeError, ValueError):
-        log.warning("ignoring malformed sent-file document %s", doc_id)
-        return None
+def file_entry(doc_id: str, data: dict[str, Any], where: str) -> tuple[FileKey, tuple[int, int]]:
+    """``(key, (id, access_hash))`` of a sent-file document.
+
+    :raises SessionCorruptError: for a document of the wrong shape (it is not modified).
+    """
+    md5, size, kind, fid, fhash = (data.get(f) for f in ("md5", "size", "type", "id", "hash"))
+    ok = isinstance(md5, bytes) and all(_int(v) for v in (size, kind, fid, fhash))
+    key: Any = (md5, size, kind)
+    _check(
+        ok and file_doc_id(key) == doc_id, where, f"sent-file document {doc_id} is malformed or not the one of its id"
+    )
+    return key, (fid, fhash)  # type: ignore[return-value]

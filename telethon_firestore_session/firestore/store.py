@@ -8,7 +8,14 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from telethon_firestore_session.core import Changes, EntityRow, FileKey, SessionHeader, Store, StoredSession
-from telethon_firestore_session.errors import ConfigError, SessionDecryptionError, SessionInUseError, wrap_store_errors
+from telethon_firestore_session.errors import (
+    ConfigError,
+    SessionCorruptError,
+    SessionDecryptionError,
+    SessionError,
+    SessionInUseError,
+    wrap_store_errors,
+)
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.sealing import PII_FIELDS, KeyState, Sealer
 
@@ -132,14 +139,13 @@ class FirestoreStore(Store):
             flt = Or([FieldFilter(f"{field}_bi", "in", indexes), flt])
         query = self.doc.collection(ENTITIES).where(filter=flt).limit(10)
         rows: list[EntityRow] = []
-        failed: SessionDecryptionError | None = None
+        failed: SessionError | None = None
         for snap in query.get(**self._lookup):
             try:
                 row = entity_row(snap.id, snap.to_dict(), self.sealer)
-            except SessionDecryptionError as exc:
-                # A record that does not open (copied from elsewhere, changed outside) never
-                # hides the real owner of the value: the others still answer.
-                log.warning("%s: skipping entity %s in a lookup: %s", self.where, snap.id, exc.reason)
+            except (SessionCorruptError, SessionDecryptionError) as exc:
+                # One unreadable document never hides the real owner of the value.
+                log.warning("skipping entity document %s in a lookup of %s: %s", snap.id, self.where, exc)
                 failed = failed or exc
                 continue
             if row is not None and getattr(row, field) == value:  # by the plaintext, or the index of the value
@@ -152,8 +158,7 @@ class FirestoreStore(Store):
 
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
         snap = self.doc.collection(SENT_FILES).document(file_doc_id(key)).get(**self._lookup)
-        entry = file_entry(snap.id, snap.to_dict()) if snap.exists else None
-        return entry[1] if entry is not None else None
+        return file_entry(snap.id, snap.to_dict() or {}, self.where)[1] if snap.exists else None
 
     def iter_entities(self) -> Iterator[EntityRow]:
         with wrap_store_errors("read the entities of", self.where):
@@ -164,8 +169,7 @@ class FirestoreStore(Store):
     def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
         with wrap_store_errors("read the sent files of", self.where):
             for snap in self.doc.collection(SENT_FILES).stream(**self._call):
-                if (entry := file_entry(snap.id, snap.to_dict())) is not None:
-                    yield entry
+                yield file_entry(snap.id, snap.to_dict() or {}, self.where)
 
     # -- writing ------------------------------------------------------------------------
 

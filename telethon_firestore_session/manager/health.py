@@ -80,11 +80,18 @@ class HealthCheck:
             problems.append(f"{new_failures} background write(s) failed since the last check")
         if stats.queue_depth > self._settings.degraded_queue_depth:
             problems.append(f"{stats.queue_depth} records wait for the background writer")
+        if stats.failed_stores:
+            problems.append(
+                f"{len(stats.failed_stores)} session(s) are damaged and no longer written "
+                f"({stats.dropped_records} records dropped; restore from a backup): {', '.join(stats.failed_stores)}"
+            )
         return {
             "queue_depth": stats.queue_depth,
             "failed_writes": stats.failed_writes,
             "new_failed_writes": new_failures,
             "last_error": stats.last_error,
+            "failed_stores": list(stats.failed_stores),
+            "dropped_records": stats.dropped_records,
         }
 
     def _leases(self, problems: list[str]) -> dict[str, Any]:

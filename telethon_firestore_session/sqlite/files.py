@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import errno
 import json
 import logging
 import os
@@ -123,7 +124,7 @@ def make_private_dirs(path: Path) -> None:
     """Create ``path`` and missing parents with mode 0700 (existing ones are left alone)."""
     missing: list[Path] = []
     p = path
-    while not p.exists():
+    while not os.path.isdir(p) and not p.exists():
         missing.append(p)
         if p.parent == p:
             break
@@ -152,11 +153,49 @@ def fsync_dir(path: Path) -> None:
 def bot_dir(sessions_dir: str | os.PathLike[str], bot_id: object) -> tuple[Path, Path]:
     """``(resolved sessions_dir, its bot directory)``, checking that the latter stays inside."""
     bot = validate_id("bot_id", bot_id)
-    base = Path(sessions_dir).resolve()
-    found = (base / bot).resolve()
-    if found.parent != base:
+    base = os.path.realpath(sessions_dir)
+    found = os.path.join(base, bot)  # canonical unless it is a link itself (an id has no "/" and no "..")
+    if os.path.islink(found):
+        found = os.path.realpath(found)
+    if os.path.dirname(found) != base:
         raise InvalidSessionIdError(f"bot_id {bot!r}: {found} resolves outside the sessions directory {base}")
-    return base, found
+    return Path(base), Path(found)
+
+
+def file_name(key: SessionKey) -> str:
+    """``user_{user_id}.session``, or ``bot.session`` for the bot's own session (a :class:`BotSessionKey`)."""
+    return f"bot{SESSION_SUFFIX}" if isinstance(key, BotSessionKey) else f"user_{key.user_id}{SESSION_SUFFIX}"
+
+
+def user_file(directory: Path, key: SessionKey) -> Path:
+    """The session file of ``key`` (:func:`file_name`) in a bot directory from :func:`bot_dir`.
+
+    :raises InvalidSessionIdError: if the session file is a symbolic link.
+    """
+    path = directory / file_name(key)
+    if path.is_symlink():
+        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
+    return path
+
+
+def session_paths(sessions_dir: str | os.PathLike[str], key: SessionKey) -> tuple[str, str, str]:
+    """``(sessions_dir, bot directory, session file)``, absolute, without touching the disk.
+
+    :func:`check_bot_dir` checks the bot directory each time the file is opened, and
+    :meth:`FileLock.acquire` refuses a session file that is a symbolic link.
+    """
+    base = os.path.abspath(sessions_dir)
+    bot = os.path.join(base, key.bot_id)  # an id has no "/" and no ".."
+    return base, bot, os.path.join(bot, file_name(key))
+
+
+def check_bot_dir(base: str, bot: str, bot_id: str) -> None:
+    """The bot directory of :func:`session_paths` is no symbolic link out of the sessions directory.
+
+    :raises InvalidSessionIdError: otherwise.
+    """
+    if os.path.islink(bot) and os.path.dirname(os.path.realpath(bot)) != os.path.realpath(base):
+        raise InvalidSessionIdError(f"bot_id {bot_id!r}: {bot} resolves outside the sessions directory {base}")
 
 
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
@@ -165,12 +204,7 @@ def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
     :raises InvalidSessionIdError: if an id is invalid, the bot directory (through a
         symbolic link) lies outside ``sessions_dir``, or the session file is a symbolic link.
     """
-    _, directory = bot_dir(sessions_dir, key.bot_id)
-    name = f"bot{SESSION_SUFFIX}" if isinstance(key, BotSessionKey) else f"user_{key.user_id}{SESSION_SUFFIX}"
-    path = directory / name
-    if path.is_symlink():
-        raise InvalidSessionIdError(f"session {key}: {path} is a symbolic link; refusing to follow it")
-    return path
+    return user_file(bot_dir(sessions_dir, key.bot_id)[1], key)
 
 
 def legacy_path(directory: Path, user_id: str) -> Path:
@@ -235,20 +269,23 @@ _held_lock = threading.Lock()
 class FileLock:
     """An exclusive ``flock`` on one session file, held by one object of this process."""
 
-    __slots__ = ("fd", "held_key")
+    __slots__ = ("fd", "held_key", "size")
 
-    def __init__(self, fd: int, held_key: str) -> None:
+    def __init__(self, fd: int, held_key: str, size: int = 0) -> None:
         self.fd = fd
         self.held_key = held_key
+        #: The file's size when it was locked.
+        self.size = size
 
     @classmethod
-    def acquire(cls, path: Path, where: str, *, create: bool, check: Callable[[], None]) -> FileLock:
+    def acquire(cls, path: str, where: str, *, create: bool, check: Callable[[], None]) -> FileLock:
         """Open ``path`` (creating it and its directory with ``create``) and lock it.
 
         ``check`` runs before the file is opened (path checks). A file replaced
         between opening and locking (deleted by another process) is opened again.
 
         :raises SessionInUseError: if this process or another one holds the lock.
+        :raises InvalidSessionIdError: if the file is a symbolic link (it is not followed).
         :raises FileNotFoundError: without ``create``, if the file does not exist.
         """
         flock = require_flock()
@@ -258,12 +295,17 @@ class FileLock:
                 raise SessionInUseError(where, "another session object in this process")
             _held.add(held_key)
         try:
-            if create:
-                make_private_dirs(path.parent)
             check()
             flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
             for _ in range(10):
-                fd = os.open(path, flags, FILE_MODE)
+                try:
+                    fd = _open_no_link(path, flags, where)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    make_private_dirs(Path(path).parent)  # a new bot directory
+                    check()
+                    fd = _open_no_link(path, flags, where)
                 try:
                     flock.flock(fd, flock.LOCK_EX | flock.LOCK_NB)
                 except BlockingIOError:
@@ -283,7 +325,7 @@ class FileLock:
                 if st is not None and (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
                     if fst.st_mode & 0o777 != FILE_MODE:
                         os.fchmod(fd, FILE_MODE)  # -wal/-shm inherit this mode from SQLite
-                    return cls(fd, held_key)
+                    return cls(fd, held_key, fst.st_size)
                 os.close(fd)
             raise SessionStoreError(f"{where}: the file keeps being replaced while opening it")
         except BaseException:  # any failure, interrupts too: the path is not held
@@ -356,6 +398,16 @@ def locked_files(paths: Iterable[Path]) -> list[Path]:
             if p.stat().st_ino in inodes:
                 locked.append(p)
     return locked
+
+
+def _open_no_link(path: str, flags: int, where: str) -> int:
+    """``os.open`` with ``O_NOFOLLOW``: a session file that is a symbolic link is refused."""
+    try:
+        return os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidSessionIdError(f"{where} is a symbolic link; refusing to follow it") from None
+        raise
 
 
 # -- metadata.json: reading ---------------------------------------------------------------------

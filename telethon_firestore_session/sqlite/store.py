@@ -44,6 +44,7 @@ Encryption at rest (``cipher=``, see :mod:`telethon_firestore_session.crypto`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from telethon_firestore_session.core import (
+    EMPTY_HEADER,
     Changes,
     EntityRow,
     FileKey,
@@ -66,10 +68,8 @@ from telethon_firestore_session.core import (
 from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.errors import (
     ConfigError,
-    InvalidSessionIdError,
     SessionCorruptError,
     store_error,
-    wrap_store_errors,
 )
 from telethon_firestore_session.ids import BotSessionKey, SessionKey
 from telethon_firestore_session.sealing import KeyState, Sealer
@@ -83,42 +83,32 @@ log = logging.getLogger(__name__)
 _BUSY_TIMEOUT = 10.0
 
 
-class _Opened(NamedTuple):
-    """The sessions row of a file as it was opened (auth key opened), and how its key was stored."""
-
-    header: SessionHeader | None
-    state: KeyState
-
-
-_NO_HEADER = _Opened(None, KeyState.NONE)
-
-
-def _read_header(conn: sqlite3.Connection, sealer: Sealer) -> _Opened:
-    """The sessions row with its auth key opened; reads only (any schema version)."""
+def _read_header(conn: sqlite3.Connection, sealer: Sealer) -> tuple[SessionHeader | None, KeyState]:
+    """The sessions row with its auth key opened, and how the key was stored; reads only (any schema version)."""
     values = schema.sessions_row(conn)
     if values is None:
-        return _NO_HEADER
+        return None, KeyState.NONE
     auth_key, state = sealer.open_auth_key(values.get("auth_key"))
-    return _Opened(schema.header_from_row(values, auth_key), state)
+    return schema.header_from_row(values, auth_key), state
 
 
-def _check_read_only(path: Path, where: str, sealer: Sealer) -> None:
+def _check_read_only(path: str, where: str, sealer: Sealer) -> None:
     """Check the schema and open the sessions row through a read-only connection."""
     try:
-        ro = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
+        ro = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
     except sqlite3.Error as exc:
         log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
         return
     try:
-        tables, _ = schema.inspect(ro, where)
-        if tables:
-            _read_header(ro, sealer)
-    except sqlite3.OperationalError as exc:
-        log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
-    except sqlite3.DatabaseError as exc:
-        raise SessionCorruptError(
-            f"{where}: cannot read it as a Telethon session ({exc}); the file was not modified"
-        ) from exc
+        with schema.file_errors("open", where):
+            try:
+                tables, _ = schema.inspect(ro, where)
+                if tables:
+                    _read_header(ro, sealer)
+            except sqlite3.OperationalError as exc:
+                if schema.is_damage(exc):
+                    raise
+                log.debug("%s: no read-only check (%s); checking through the writable connection", where, exc)
     finally:
         ro.close()
 
@@ -143,38 +133,56 @@ def _release(conn: sqlite3.Connection, lock: files.FileLock) -> None:
         lock.release()
 
 
-def _open(
-    path: Path, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]
-) -> tuple[_Handle, _Opened, bool]:
-    """Lock and open the file: ``(handle, its sessions row, whether it has the sealed side table)``.
+class _Opened(NamedTuple):
+    """What opening a file found: its sessions row, update states and layout."""
+
+    handle: _Handle
+    header: SessionHeader | None  # the auth key opened
+    state: KeyState  # how the auth key was stored
+    states: dict[int, Any]
+    sealed_table: bool  # the file has our side table of sealed entity fields
+    prepared: bool  # it was checked and switched to WAL while opening (it needed writes)
+
+
+def _open(path: str, where: str, sealer: Sealer, *, create: bool, check: Callable[[], None]) -> _Opened:
+    """Lock and open the file, and read its sessions row and update states in one read transaction.
 
     The schema and the sessions row (opening a sealed auth key) are checked before
-    anything is written; only then is the file prepared (WAL, upgrade, indexes).
+    anything is written; only then is the file prepared (upgrade, indexes), if it
+    needs that (see :func:`.schema.prepare`). A file that needs nothing is not written.
     """
-    with wrap_store_errors("open", where, catch=OSError):
-        lock = files.FileLock.acquire(path, where, create=create, check=check)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(f"{path}-wal").st_size:
-                # Closing a writable connection checkpoints a left-over -wal into the
-                # file: check what we are about to open without one.
-                _check_read_only(path, where, sealer)
-        with wrap_store_errors("open", where, catch=sqlite3.Error):
-            conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        lock = files.FileLock.acquire(path, where, create=create, check=check)
+    except OSError as exc:
+        raise store_error("open", where, exc) from exc
+    try:
+        if 0 < lock.size < schema.MIN_DATABASE_SIZE:  # SQLite would take it for an empty database
+            raise schema.damaged(where, f"not an SQLite database: {lock.size} bytes")
+        if os.path.exists(f"{path}-wal") and os.stat(f"{path}-wal").st_size:
+            # Closing a writable connection checkpoints a left-over -wal into the
+            # file: check what we are about to open without one.
+            _check_read_only(path, where, sealer)
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    except (sqlite3.Error, OSError) as exc:
+        lock.release()
+        raise store_error("open", where, exc) from exc
     except BaseException:  # any failure, interrupts too: the lock is not kept
         lock.release()
         raise
     handle = _Handle(conn, lock)
     try:
-        with schema.reading_errors(where):
-            tables, version = schema.inspect(conn, where)
-            opened = _read_header(conn, sealer) if tables else _NO_HEADER
+        with schema.file_errors("open", where):
+            if sealer.cipher is not None:
+                conn.execute("pragma secure_delete=on")  # replaced values are zeroed, not left in free space
+            names, version = schema.inspect(conn, where)
+            header, state = _read_header(conn, sealer) if names else (None, KeyState.NONE)
+            states = schema.read_states(conn) if "update_state" in names else {}
             seals = sealer.seals_fields
-            schema.prepare(conn, version, where, sealed_table=seals, wipe=sealer.cipher is not None)
+            prepared = schema.prepare(conn, names, version, where, sealed_table=seals)
     except BaseException:  # any failure, interrupts too: a file that failed to open is released
         handle.close()
         raise
-    return handle, opened, seals or schema.SEALED_ENTITIES in tables
+    return _Opened(handle, header, state, states, seals or schema.SEALED_ENTITIES in names, prepared)
 
 
 class SQLiteStore(Store):
@@ -194,9 +202,8 @@ class SQLiteStore(Store):
         encrypt_pii: bool = False,
     ) -> None:
         self.key = key
-        self.sessions_dir, self.bot_dir = files.bot_dir(sessions_dir, key.bot_id)
-        self.path = files.session_path(sessions_dir, key)
-        self.where = f"sqlite:{self.path}"
+        self._base, self._bot, self._file = files.session_paths(sessions_dir, key)
+        self.where = f"sqlite:{self._file}"
         self.sealer = Sealer(key, self.where, cipher, encrypt_pii=encrypt_pii, record="file")
         self.codec = schema.EntityCodec(self.sealer)
         self.cipher = cipher
@@ -205,6 +212,9 @@ class SQLiteStore(Store):
         self._handle: _Handle | None = None
         self._opened: _Opened | None = None  # the sessions row as read (and opened) when the file was opened
         self._sealed_table = False  # the file has our side table of sealed entity fields
+        self._checked = False  # the open file passed quick_check (done before its first write)
+        self._writable = False  # ... and is in WAL mode with this store's pragmas
+        self._damage: str | None = None  # why the open file is known to be damaged: nothing is written to it
         self._purge_due = False  # a plaintext or old-key auth key is on disk until the next header write
         self._metadata_due = False  # written since metadata.json was last refreshed
         self._wrote = False  # written since the file was opened (close() records the final size)
@@ -216,26 +226,72 @@ class SQLiteStore(Store):
 
     # -- opening and closing ----------------------------------------------------------------
 
+    @functools.cached_property
+    def path(self) -> Path:
+        """The session file (absolute)."""
+        return Path(self._file)
+
+    @functools.cached_property
+    def bot_dir(self) -> Path:
+        return Path(self._bot)
+
     def _check_path(self) -> None:
-        if files.session_path(self.sessions_dir, self.key) != self.path:
-            raise InvalidSessionIdError(f"session {self.key}: {self.path} now resolves elsewhere")
+        files.check_bot_dir(self._base, self._bot, self.key.bot_id)
 
     def _conn(self, *, create: bool = True) -> sqlite3.Connection:
         """The open connection (call with ``self._lock`` held); opens file and lock if needed."""
         handle = self._handle
         if handle is None:
-            handle, self._opened, self._sealed_table = _open(
-                self.path, self.where, self.sealer, create=create, check=self._check_path
-            )
-            self._handle = handle
+            opened = self._opened = _open(self._file, self.where, self.sealer, create=create, check=self._check_path)
+            handle = self._handle = opened.handle
+            self._sealed_table = opened.sealed_table
+            self._damage = None
+            self._checked = self._writable = opened.prepared
         return handle.conn
+
+    @contextlib.contextmanager
+    def _using(self, what: str, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+        """The open connection, with ``self._lock`` held; SQLite's errors become ours (:func:`.schema.file_errors`).
+
+        Damage found here is remembered until the file is closed: every later read or
+        write of it raises :class:`SessionCorruptError` at once, without touching the file.
+        """
+        with self._lock:
+            try:
+                with schema.file_errors(what, self.where):
+                    if self._damage is not None:
+                        raise SessionCorruptError(self._damage)
+                    yield self._conn(create=create)
+            except SessionCorruptError as exc:
+                if self._handle is not None and self._damage is None:
+                    self._damage = str(exc)
+                    log.error("%s", self._damage)
+                raise
+
+    def _verify(self, conn: sqlite3.Connection) -> None:
+        """Once per open, before the first write or "not found": SQLite's quick_check (damage is never written)."""
+        if not self._checked:
+            problem = schema.quick_check(conn)
+            if problem is not None:
+                raise schema.damaged(self.where, problem)
+            self._checked = True
+
+    def _begin_writing(self, conn: sqlite3.Connection) -> None:
+        """Before each write: the file is checked (:meth:`_verify`) and in WAL mode (:func:`.schema.use_wal`)."""
+        self._verify(conn)
+        if not self._writable:
+            schema.use_wal(conn, self.where)
+            self._writable = True
 
     def close(self) -> None:
         """Close the file and release its lock; a later call opens both again."""
         with self._lock:
             handle, self._handle = self._handle, None
             if handle is not None:
+                if self._damage is None:
+                    schema.rest(handle.conn, self.where)
                 handle.close()  # SQLite checkpoints and removes -wal/-shm here
+            self._damage = None  # the file is checked again when it is opened again
             if self._metadata_due or self._wrote:
                 self._wrote = False
                 self._refresh_metadata()
@@ -250,25 +306,23 @@ class SQLiteStore(Store):
         """Open the file and read the sessions row and the update states (never the entities)."""
         try:
             with self._lock:
-                fresh = self._handle is None
-                conn = self._conn()
-                opened = self._opened
-                try:
-                    if not fresh or opened is None:
-                        opened = _read_header(conn, self.sealer)
-                    states = schema.read_states(conn)
-                except sqlite3.DatabaseError as exc:
-                    raise SessionCorruptError(f"{self.where}: cannot read the session ({exc})") from exc
-                if opened.header is None and not states:
+                if self._handle is None:
+                    self._conn()  # reads the header and the update states while opening
+                    assert self._opened is not None
+                    header, state, states = self._opened.header, self._opened.state, self._opened.states
+                else:
+                    with self._using("open") as conn:
+                        header, state = _read_header(conn, self.sealer)
+                        states = schema.read_states(conn)
+                if header is None and not states:
                     return None
-                rewrite = opened.state.needs_rewrite
-                if opened.state is KeyState.PLAINTEXT:
+                rewrite = state.needs_rewrite
+                if state is KeyState.PLAINTEXT:
                     log.info("%s: plaintext auth key; it is sealed on the next save()", self.where)
-                elif opened.state is KeyState.OLD_KEY:
+                elif state is KeyState.OLD_KEY:
                     log.info("%s: auth key sealed with an old key; it is re-sealed on the next save()", self.where)
                 self._purge_due = rewrite
-                header = opened.header or SessionHeader(0, None, None, None, None)
-                return StoredSession(header=header, update_states=states, needs_rewrite=rewrite)
+                return StoredSession(header=header or EMPTY_HEADER, update_states=states, needs_rewrite=rewrite)
         except BaseException:  # any failure, interrupts too: a session that failed to open must not keep the lock
             self.close()
             raise
@@ -277,75 +331,77 @@ class SQLiteStore(Store):
         if not ids:
             return None
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            conn = self._conn()
+        with self._using("read") as conn:
             rows = conn.execute(f"{self._select()} where e.id in ({marks})", tuple(ids)).fetchall()
-        found = {r.id: r for r in map(self.codec.decode, rows)}
-        for i in ids:
-            if i in found:
-                return found[i]
+            found = {r.id: r for r in map(self.codec.decode, rows)}
+            for i in ids:
+                if i in found:
+                    return found[i]
+            self._verify(conn)  # "not found" from a damaged file would be a lie
         return None
 
     def find_entity(self, field: str, value: str) -> EntityRow | None:
         if field not in schema.LOOKUP_FIELDS:
             raise ValueError(f"cannot look entities up by {field!r}")
         order = "order by coalesce(e.date, 0) desc, e.rowid desc"
-        with self._lock:
-            conn = self._conn()
+        with self._using("read") as conn:
             if not self._sealed_table:
                 row = conn.execute(f"{schema.SELECT_PLAIN} where e.{field} = ? {order} limit 1", (value,)).fetchone()
-                return schema.entity_from_row(row) if row is not None else None
-            # Sealed rows are found by their blind index under any accepted key; rows
-            # written before encrypt_pii was on, by their plaintext. One indexed query.
-            keys = self.codec.lookup_keys(field, value)
-            marks = ",".join("?" * len(keys))
-            rows = conn.execute(f"{schema.SELECT_SEALED} where e.{field} in ({marks}) {order}", keys).fetchall()
-        return self.codec.first_match(rows, field, value, self.where)
+                found = schema.entity_from_row(row) if row is not None else None
+            else:
+                # Sealed rows are found by their blind index under any accepted key; rows
+                # written before encrypt_pii was on, by their plaintext. One indexed query.
+                keys = self.codec.lookup_keys(field, value)
+                marks = ",".join("?" * len(keys))
+                rows = conn.execute(f"{schema.SELECT_SEALED} where e.{field} in ({marks}) {order}", keys).fetchall()
+                found = self.codec.first_match(rows, field, value, self.where)
+            if found is None:
+                self._verify(conn)
+        return found
 
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
-        with self._lock:
-            row = self._conn().execute(schema.SELECT_FILE, key).fetchone()
-        return (int(row[0]), int(row[1])) if row is not None else None
+        with self._using("read") as conn:
+            row = conn.execute(schema.SELECT_FILE, key).fetchone()
+            if row is None:
+                self._verify(conn)
+                return None
+            return schema.file_value(row)
 
     def _entity_page(self, after: int) -> list[Any]:
-        with self._lock:
-            conn = self._conn()
-            return schema.entity_page(conn, self._select(), after)
+        with self._using("read") as conn:
+            return [(r[0], self.codec.decode(r)) for r in schema.entity_page(conn, self._select(), after)]
 
     def iter_entities(self) -> Iterator[EntityRow]:
         """Every stored entity, read in pages of 1,000 (the lock is not held between pages)."""
-        return map(self.codec.decode, schema.paged(self._entity_page))
+        return (row for _, row in schema.paged(self._entity_page))
 
     def _file_page(self, after: int) -> list[Any]:
-        with self._lock:
-            return schema.file_page(self._conn(), after)
+        with self._using("read") as conn:
+            return [(r[0], schema.file_from_row(r)) for r in schema.file_page(conn, after)]
 
     def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
-        return map(schema.file_from_row, schema.paged(self._file_page))
+        return (item for _, item in schema.paged(self._file_page))
 
     # -- writing -----------------------------------------------------------------------------
 
     def write_session(self, header: SessionHeader) -> None:
         """Replace the sessions row and commit with a full fsync before returning."""
-        try:
-            with self._lock:
-                conn = self._conn()
-                auth_key = self.sealer.seal_auth_key(header.auth_key) or b""  # Telethon stores b"" for none
-                with schema.durable_transaction(conn):
-                    conn.execute("delete from sessions")
-                    conn.execute(
-                        schema.INSERT_SESSION,
-                        (header.dc_id, header.server_address, header.port, auth_key, header.takeout_id, b""),
-                    )
-                if self._purge_due:
-                    # The plaintext (or old-key) auth key is still in the main file until a
-                    # checkpoint copies the new page over it: do that now.
-                    self._purge_due = False
-                    schema.checkpoint(conn, self.where)
-        except sqlite3.Error as exc:
-            raise store_error("write", self.where, exc) from exc
-        self._wrote = True
-        self._refresh_metadata()
+        with self._using("write") as conn:
+            self._begin_writing(conn)
+            auth_key = self.sealer.seal_auth_key(header.auth_key) or b""  # Telethon stores b"" for none
+            with schema.durable_transaction(conn):
+                conn.execute("delete from sessions")
+                conn.execute(
+                    schema.INSERT_SESSION,
+                    (header.dc_id, header.server_address, header.port, auth_key, header.takeout_id, b""),
+                )
+            if self._purge_due:
+                # The plaintext (or old-key) auth key is still in the main file until a
+                # checkpoint copies the new page over it: do that now.
+                self._purge_due = False
+                schema.checkpoint(conn, self.where)
+        # metadata.json is an index rebuilt from the files: refreshed by the writer or close(), not here.
+        self._metadata_due = self._wrote = True
 
     def write_changes(self, changes: Changes) -> None:
         """Write entities, update states and sent files in one transaction (background thread)."""
@@ -353,8 +409,8 @@ class SQLiteStore(Store):
         entity_rows, sealed_rows = self.codec.encode(changes.entities.values())
         state_rows = [(sid, s.pts, s.qts, int(s.date.timestamp()), s.seq) for sid, s in changes.states.items()]
         file_rows = [(*k, *v) for k, v in changes.files.items()]
-        with self._lock:
-            conn = self._conn()
+        with self._using("write") as conn:
+            self._begin_writing(conn)
             with schema.transaction(conn):
                 if entity_rows:
                     conn.executemany(schema.INSERT_ENTITY, entity_rows)
@@ -394,7 +450,7 @@ class SQLiteStore(Store):
                 handle.conn.close()  # SQLite checkpoints; the flock stays until the files are gone
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(f"{self.path}{suffix}")
+                        os.unlink(f"{self._file}{suffix}")
             except (OSError, sqlite3.Error) as exc:
                 raise store_error("delete", self.where, exc) from exc
             finally:
@@ -424,19 +480,20 @@ class SQLiteStore(Store):
         """
         if self.cipher is None:
             raise ConfigError("cipher", "re-sealing needs a cipher")
-        if not self.path.exists():
+        if not os.path.exists(self._file):
             return 0
         with self._lock:
             fresh = self._handle is None
-            conn = self._conn(create=False)
-            try:
-                opened = self._opened if fresh and self._opened is not None else _read_header(conn, self.sealer)
+            with self._using("re-seal", create=False) as conn:
+                opened = self._opened
+                header, state = (opened.header, opened.state) if fresh and opened else _read_header(conn, self.sealer)
                 auth_key: bytes | None = None
-                if opened.header is not None and opened.state.needs_rewrite:
-                    auth_key = self.sealer.seal_auth_key(opened.header.auth_key) or b""
+                if header is not None and state.needs_rewrite:
+                    auth_key = self.sealer.seal_auth_key(header.auth_key) or b""
                 updates, sealed = self._resealed_entities(conn)
                 if auth_key is None and not updates:
                     return 0
+                self._begin_writing(conn)
                 with schema.durable_transaction(conn):
                     if auth_key is not None:
                         conn.execute("update sessions set auth_key = ?", (auth_key,))
@@ -445,12 +502,10 @@ class SQLiteStore(Store):
                         conn.executemany(schema.UPDATE_PII, updates)
                         conn.executemany(schema.INSERT_SEALED, sealed)
                 self._sealed_table = self._sealed_table or bool(updates)
-                if opened.header is not None:
-                    self._opened = _Opened(opened.header, KeyState.CURRENT)
+                if opened is not None:
+                    self._opened = opened._replace(state=KeyState.CURRENT)
                 self._purge_due = False
                 schema.checkpoint(conn, self.where)  # the replaced values leave the disk now
-            except sqlite3.Error as exc:
-                raise store_error("re-seal", self.where, exc) from exc
         return int(auth_key is not None) + len(updates)
 
     def _resealed_entities(self, conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
