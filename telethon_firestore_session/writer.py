@@ -1,9 +1,11 @@
 """The one background writer that serves every session of the process.
 
-Sessions hand it :class:`~telethon_firestore_session._core.Changes`; it merges
-them per store (the newest value of a record wins), writes them from one daemon
-thread, retries failures with exponential backoff, and never raises into the
-caller. ``flush()`` waits, with a bound, until a store's changes are written.
+Sessions hand it batches of changes in constant time (a session swaps its sets of
+changed records for empty ones and hands the old ones over); the writer's daemon
+thread turns them into :class:`~telethon_firestore_session.core.Changes`, merges
+successive batches per store (the newest value of a record wins), writes them,
+retries failures with exponential backoff, and never raises into the caller.
+``flush()`` waits, with a bound, until a store's changes are written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from .core import Changes, Store
@@ -21,6 +23,26 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundWriter", "WriterStats"]
 
 log = logging.getLogger("telethon_firestore_session.writer")
+
+
+class Batch(Protocol):
+    """What sessions hand to the writer: built into ``Changes`` on the writer's thread."""
+
+    def build(self) -> Changes:
+        """The records to write (called once, on the writer's thread)."""
+
+    def done(self) -> None:
+        """Called once the records are stored."""
+
+    def __len__(self) -> int: ...
+
+
+class Periodic(Protocol):
+    """Something the writer's thread calls about every ``interval`` seconds (lease renewal, probes)."""
+
+    where: str
+
+    def periodic(self) -> None: ...
 
 
 class WriterStats:
@@ -67,11 +89,12 @@ class BackgroundWriter:
         self._max_backoff = max_backoff
         self._name = name
         self._cond = threading.Condition()
-        self._pending: dict[Store, Changes] = {}
+        #: Per store: batches not yet built, or (after a failed write) the built changes first.
+        self._pending: dict[Store, list[Batch]] = {}
         self._attempts: dict[Store, int] = {}
         self._retry_at: dict[Store, float] = {}
         self._in_flight: set[Store] = set()
-        self._periodic: dict[Store, None] = {}
+        self._periodic: dict[Periodic, None] = {}
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._stopping = False
@@ -97,14 +120,10 @@ class BackgroundWriter:
 
     # -- API used by sessions -----------------------------------------------------------
 
-    def submit(self, store: Store, changes: Changes) -> None:
-        """Queue ``changes`` for ``store``. Never blocks on I/O, never raises."""
+    def submit(self, store: Store, batch: Batch) -> None:
+        """Queue ``batch`` (``Changes``, or a session's hand-off) for ``store``. Constant time; never raises."""
         with self._cond:
-            current = self._pending.get(store)
-            if current is None:
-                self._pending[store] = changes
-            else:
-                current.merge(changes)
+            self._pending.setdefault(store, []).append(batch)
             self._ensure_thread()
             self._cond.notify_all()
 
@@ -119,16 +138,16 @@ class BackgroundWriter:
             while store in self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(0.05)
 
-    def register_periodic(self, store: Store) -> None:
-        """Call ``store.periodic()`` about every ``interval`` seconds until unregistered."""
+    def register_periodic(self, task: Periodic) -> None:
+        """Call ``task.periodic()`` about every ``interval`` seconds until unregistered."""
         with self._cond:
-            self._periodic[store] = None
+            self._periodic[task] = None
             self._ensure_thread()
             self._cond.notify_all()
 
-    def unregister_periodic(self, store: Store) -> None:
+    def unregister_periodic(self, task: Periodic) -> None:
         with self._cond:
-            self._periodic.pop(store, None)
+            self._periodic.pop(task, None)
 
     def flush(self, store: Store | None = None, timeout: float = 10.0) -> bool:
         """Wait until ``store``'s changes (or all, for ``None``) are written; ``False`` on timeout."""
@@ -154,14 +173,12 @@ class BackgroundWriter:
 
     def pending_records(self, store: Store | None = None) -> int:
         with self._cond:
-            if store is not None:
-                c = self._pending.get(store)
-                return len(c) if c is not None else 0
-            return sum(len(c) for c in self._pending.values())
+            queues = [self._pending.get(store, [])] if store is not None else list(self._pending.values())
+            return sum(len(b) for q in queues for b in q)
 
     def stats(self) -> WriterStats:
+        depth = self.pending_records()
         with self._cond:
-            depth = sum(len(c) for c in self._pending.values())
             return WriterStats(depth, self.failed_writes, self.written_records, self.flushes, self.last_error)
 
     # -- the thread ---------------------------------------------------------------------
@@ -172,13 +189,13 @@ class BackgroundWriter:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
-    def _next_ready(self) -> tuple[Store, Changes] | None:
+    def _next_ready(self) -> tuple[Store, list[Batch]] | None:
         now = time.monotonic()
         for store in self._pending:
             if store not in self._in_flight and self._retry_at.get(store, 0.0) <= now:
-                changes = self._pending.pop(store)
+                batches = self._pending.pop(store)
                 self._in_flight.add(store)
-                return store, changes
+                return store, batches
         return None
 
     def _wait_time(self) -> float:
@@ -210,8 +227,12 @@ class BackgroundWriter:
                     except Exception as exc:  # noqa: BLE001 - never let one store stop the thread
                         log.warning("periodic task of %s failed: %s", store.where, type(exc).__name__)
 
-    def _write(self, store: Store, changes: Changes) -> None:
+    def _write(self, store: Store, batches: list[Batch]) -> None:
+        changes: Changes | None = None
         try:
+            changes = batches[0].build()
+            for batch in batches[1:]:
+                changes.merge(batch.build())  # newer values win
             store.write_changes(changes)
         except Exception as exc:  # noqa: BLE001 - the writer never raises; it retries
             with self._cond:
@@ -221,21 +242,22 @@ class BackgroundWriter:
                 self._attempts[store] = attempt
                 backoff = min(self._max_backoff, self._min_backoff * (2 ** (attempt - 1)))
                 self._retry_at[store] = time.monotonic() + backoff
-                newer = self._pending.get(store)
-                if newer is not None:
-                    changes.merge(newer)  # newer values win over the failed ones
-                self._pending[store] = changes
+                # Built once: the records stay as they were read, newer batches come after them.
+                failed: list[Batch] = batches if changes is None else [_Built(changes, batches)]
+                self._pending[store] = [*failed, *self._pending.get(store, [])]
                 self._in_flight.discard(store)
                 self._cond.notify_all()
             log.warning(
                 "writing %d records of %s failed (%s, attempt %d); retrying in %.1fs",
-                len(changes),
+                sum(map(len, batches)),
                 store.where,
                 type(exc).__name__,
                 attempt,
                 backoff,
             )
             return
+        for batch in batches:
+            batch.done()
         with self._cond:
             self.written_records += len(changes)
             self.flushes += 1
@@ -254,6 +276,24 @@ class BackgroundWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, timeout))
         return done
+
+
+class _Built:
+    """Changes already built from ``batches`` (kept after a failed write, so they are built once)."""
+
+    def __init__(self, changes: Changes, batches: list[Batch]) -> None:
+        self.changes = changes
+        self.batches = batches
+
+    def build(self) -> Changes:
+        return self.changes
+
+    def done(self) -> None:
+        for batch in self.batches:
+            batch.done()
+
+    def __len__(self) -> int:
+        return len(self.changes)
 
 
 def _flush_at_exit() -> None:

@@ -36,6 +36,7 @@ from telethon_firestore_session import (
     UserSessionManager,
 )
 from telethon_firestore_session.crypto import OVERHEAD, SessionCipher, is_sealed
+from telethon_firestore_session.entities import decode
 from telethon_firestore_session.firestore import rotate_firestore_sessions
 from telethon_firestore_session.manager import LoginStatus
 from telethon_firestore_session.migrate import (
@@ -566,7 +567,7 @@ def test_pii_is_sealed_and_found_with_indexed_queries(opener: Opener, sdir: Path
         with pytest.raises(ValueError, match="Could not find"):
             fresh.get_input_entity(missing)
     # Opened values are in memory now, as plaintext, for the hot path.
-    assert fresh._entities[501] == (501 * 11, "alicew", "15550001111", "Alice Wonder")
+    assert decode(fresh._entities[501]) == (501 * 11, "alicew", "15550001111", "Alice Wonder")
     fresh.close()
     rows = {r.id: r for r in opener(cipher=old, encrypt_pii=True).iter_entities()}
     assert (rows[502].username, rows[502].phone, rows[502].name) == ("bob_b", "447700900123", "Bob")

@@ -100,12 +100,15 @@ class FirestoreDirectory(SessionDirectory):
     def _doc(self, user_id: str) -> firestore.DocumentReference:
         return session_document(self.client, self.key(user_id))
 
-    def open_session(self, user_id: str, *, flush_interval: float, close_timeout: float) -> SessionCore:
+    def open_session(
+        self, user_id: str, *, flush_interval: float, close_timeout: float, state_flush_interval: float = 60.0
+    ) -> SessionCore:
         return FirestoreSession(
             user_id,
             bot_id=self.bot_id,
             client=self.client,
             flush_interval=flush_interval,
+            state_flush_interval=state_flush_interval,
             close_timeout=close_timeout,
             rpc_timeout=self.rpc_timeout,
             cipher=self.cipher,

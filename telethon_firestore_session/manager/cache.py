@@ -74,6 +74,7 @@ class CacheSettings(Protocol):
     max_active_clients: int
     idle_timeout: float
     flush_interval: float
+    state_flush_interval: float
     flush_timeout: float
     housekeeping_interval: float
     holder_id: str
@@ -203,6 +204,7 @@ class ClientCache:
                 self._directory.open_session,
                 uid,
                 flush_interval=settings.flush_interval,
+                state_flush_interval=settings.state_flush_interval,
                 close_timeout=min(settings.flush_timeout, 1.0),
             )
             if require_auth_key and session.auth_key is None:

@@ -222,7 +222,9 @@ class SessionDirectory(abc.ABC):
     # -- the interface -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def open_session(self, user_id: str, *, flush_interval: float, close_timeout: float) -> SessionCore:
+    def open_session(
+        self, user_id: str, *, flush_interval: float, close_timeout: float, state_flush_interval: float = 60.0
+    ) -> SessionCore:
         """Open (load) the user's Telethon session. May create an empty one.
 
         :raises SessionInUseError: a local file lock is held elsewhere.

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from telethon import TelegramClient, utils
 
 from telethon_firestore_session.config import open_directory
+from telethon_firestore_session.entities import EntityBudget
 from telethon_firestore_session.errors import ConfigError, SessionClosedError, SessionError
 from telethon_firestore_session.firestore.lease import DEFAULT_LEASE_TTL, make_holder_id
 from telethon_firestore_session.ids import validate_id
@@ -113,7 +114,12 @@ class UserSessionManager:
     :param idle_timeout: seconds after which an unused client is disconnected.
     :param lease_ttl: seconds a Firestore lease lasts without renewal (renewed every third).
     :param login_timeout: seconds a pending login (the code sent by ``begin_login``) stays valid.
-    :param flush_interval: the sessions' write-behind interval.
+    :param flush_interval: the sessions' write-behind interval for entities and sent files.
+    :param state_flush_interval: seconds between writes of a session's update states
+        (besides the ``save()`` Telethon makes every minute and on disconnect).
+    :param entity_cache_mb: sets the process-wide memory budget of cached entities, in MiB
+        (:class:`~telethon_firestore_session.entities.EntityBudget`; default: leave it, 32 MiB
+        unless set).
     :param flush_timeout: how long closing a client waits for its session to be written.
     :param rpc_timeout: deadline of each Firestore call made by the directory and sessions.
     :param health_timeout: the bound on :meth:`health_check`'s backend round trip.
@@ -140,6 +146,8 @@ class UserSessionManager:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         login_timeout: float = 600.0,
         flush_interval: float = 5.0,
+        state_flush_interval: float = 60.0,
+        entity_cache_mb: float | None = None,
         flush_timeout: float = 10.0,
         rpc_timeout: float = 10.0,
         health_timeout: float = 5.0,
@@ -152,6 +160,7 @@ class UserSessionManager:
             ("lease_ttl", lease_ttl),
             ("login_timeout", login_timeout),
             ("flush_timeout", flush_timeout),
+            ("state_flush_interval", state_flush_interval),
             ("health_timeout", health_timeout),
         ):
             if value <= 0:
@@ -182,6 +191,9 @@ class UserSessionManager:
         self.lease_ttl = lease_ttl
         self.login_timeout = login_timeout
         self.flush_interval = flush_interval
+        self.state_flush_interval = state_flush_interval
+        if entity_cache_mb is not None:
+            EntityBudget.get().limit_mb = entity_cache_mb
         self.flush_timeout = flush_timeout
         self.health_timeout = health_timeout
         self.holder_id = holder_id or make_holder_id()
@@ -541,7 +553,12 @@ def create_user_session_manager_from_config(config: SessionConfig | None = None,
     owns_config = config is None
     if config is None:
         config = SessionConfig.from_env()
-    kwargs: dict[str, Any] = {"api_id": config.api_id, "api_hash": config.api_hash}
+    kwargs: dict[str, Any] = {
+        "api_id": config.api_id,
+        "api_hash": config.api_hash,
+        "state_flush_interval": config.state_flush_interval,
+        "entity_cache_mb": config.entity_cache_mb,
+    }
     if config.render and config.instance_id:
         # Like make_holder_id(), with Render's instance id in place of the container's host name.
         kwargs["holder_id"] = f"{config.instance_id}:{os.getpid()}:{secrets.token_hex(4)}"

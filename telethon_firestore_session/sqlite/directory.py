@@ -144,7 +144,9 @@ class SQLiteDirectory(SessionDirectory):
 
     # -- the interface -----------------------------------------------------------------------
 
-    def open_session(self, user_id: str, *, flush_interval: float, close_timeout: float) -> SessionCore:
+    def open_session(
+        self, user_id: str, *, flush_interval: float, close_timeout: float, state_flush_interval: float = 60.0
+    ) -> SessionCore:
         return ScopedSQLiteSession(
             user_id,
             bot_id=self.bot_id,
@@ -152,6 +154,7 @@ class SQLiteDirectory(SessionDirectory):
             cipher=self.cipher,
             encrypt_pii=self.encrypt_pii,
             flush_interval=flush_interval,
+            state_flush_interval=state_flush_interval,
             close_timeout=close_timeout,
         )
 
