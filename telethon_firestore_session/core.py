@@ -22,21 +22,19 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from telethon import utils
 from telethon.crypto import AuthKey
 from telethon.sessions.abstract import Session
 from telethon.tl import types
-from telethon.tl.tlobject import TLObject
 
 from . import rows
 from .breaker import LookupBreaker
-from .entities import NAME, PHONE, USERNAME, EntityBudget, EntityCache, Values, access_hash, decode
-from .errors import SessionClosedError, SessionCorruptError, SessionDecryptionError, SessionError, SessionRotationError
+from .entities import EntityBudget, EntityCache, Values, access_hash, decode
+from .errors import SessionClosedError, SessionError, SessionRotationError
+from .resolver import Resolver
 from .writer import BackgroundWriter
 
 __all__ = [
@@ -269,10 +267,7 @@ def reseal_each(keys: Iterable[object], open_store: Callable[[Any], Store], key_
     return rotated
 
 
-_FIELDS = ("username", "phone", "name")
-_FAILED = object()  # a lookup the store could not answer (not cached, unlike "not found")
 _NOTHING: frozenset[Any] = frozenset()
-_clock = itertools.count()
 
 
 class Handoff:
@@ -307,6 +302,9 @@ class Handoff:
         """Written (on the writer's thread): the entities are no longer pinned and the sets can go."""
         self.written = True
         self.entities, self.states, self.files = set(), set(), set()
+        cache = self.core._cache
+        if cache.budget is not None and cache.budget.over:
+            cache.evict_due = True  # what was pinned may go now: the session evicts on its next call
 
     def __len__(self) -> int:
         return len(self.entities) + len(self.states) + len(self.files)
@@ -349,7 +347,8 @@ class SessionCore(Session):  # type: ignore[misc]
         self._auth_key: AuthKey | None = None
         self._takeout_id: int | None = None
 
-        self._cache = EntityCache(track=store is not None)
+        self._cache = EntityCache(EntityBudget.get() if store is not None else None)
+        self._resolver = Resolver(self._cache, store)
         self._states: dict[int, types.updates.State] = {}
         self._files: dict[FileKey, tuple[int, int]] = {}
         self._dirty_states: set[int] = set()
@@ -360,7 +359,6 @@ class SessionCore(Session):  # type: ignore[misc]
         self._persisted = EMPTY_HEADER
         self._rewrite_header = False
         self._deleted = False
-        self._budget: EntityBudget | None = None
 
         if store is not None:
             if store.breaker is None:
@@ -368,8 +366,6 @@ class SessionCore(Session):  # type: ignore[misc]
             loaded = store.load()
             if loaded is not None:
                 self._apply_loaded(loaded)
-            self._budget = EntityBudget.get()
-            self._budget.register(self._cache)
 
     def _apply_loaded(self, loaded: StoredSession) -> None:
         h = loaded.header
@@ -465,150 +461,16 @@ class SessionCore(Session):  # type: ignore[misc]
         grown = cache.absorb(rows.collect(tlo))
         if cache.dirty and self._flush_handle is None:
             self._flush_handle = self._arm(self._flush_interval, False)
-        if self._budget is not None:
-            self._used(grown)
-
-    def _used(self, grown: int) -> None:
-        """Note the use of this session's cache, and ``grown`` more entities in it (budget accounting)."""
-        cache = self._cache
-        cache.used = next(_clock)
-        budget = self._budget
-        if budget is None:
-            return
-        if grown:
-            cache.owner = threading.get_ident()
-            budget.grew(grown)
-        elif cache.evict_due:
-            cache.owner = threading.get_ident()
-            cache.evict_due = False
-            budget.rebalance()
-
-    def _lookup(self, tag: int, value: str) -> tuple[int, bytes | Values] | None:
-        cache = self._cache
-        eid = cache.find(tag, value)
-        if eid is not None:
-            return eid, cache.records[eid]
-        field = _FIELDS[tag]
-        found = self._load(("f", tag, value), lambda s: s.find_entity(field, value))
-        # The store may hold an older version of an entity that memory has changed since.
-        return found if found is None or cache.has_field(found[0], tag, value) else None
-
-    def _lookup_ids(self, ids: Sequence[int]) -> tuple[int, bytes | Values] | None:
-        """The first of ``ids`` that exists in memory or in the store (order is preference)."""
-        records = self._cache.records
-        unknown: list[int] = []  # preferred ids that only the store can rule out
-        for eid in ids:
-            rec = records.get(eid)
-            if rec is not None:
-                # A less preferred id in memory must not shadow a preferred one in the store
-                # (a bare id that is a user there and a channel here); ask once, then it is cached.
-                if unknown:
-                    found = self._load_ids(unknown)
-                    if found is not None:
-                        return found
-                return eid, rec
-            if self._store is not None and not self._deleted and not self._cache.missed(("i", eid)):
-                unknown.append(eid)
-        return self._load_ids(unknown) if unknown else None
-
-    def _ask(self, query: Callable[[Store], Any]) -> Any:
-        """``query(store)``, or ``_FAILED`` at once while the store's breaker is open, or if it fails."""
-        store = self._store
-        assert store is not None
-        breaker = store.breaker
-        if breaker is not None and breaker.open:
-            return _FAILED
-        try:
-            return query(store)
-        except (SessionDecryptionError, SessionCorruptError) as exc:  # the store answered; the record is unusable
-            log.warning("lookup in %s failed (%s): %s", store.where, type(exc).__name__, exc)
-        except Exception as exc:  # noqa: BLE001 - a failed lookup is a miss, never a crash
-            if breaker is not None:
-                breaker.trip(exc, store.probe)
-        return _FAILED
-
-    def _load_ids(self, ids: Sequence[int]) -> tuple[int, bytes | Values] | None:
-        """Ask the store for the first of ``ids``; every id before the answer is cached as a miss."""
-        row = self._ask(lambda s: s.find_entity_by_ids(ids))
-        if row is _FAILED:
-            return None
-        for eid in ids:
-            if row is not None and eid == row.id:
-                break
-            self._cache.add_miss(("i", eid))
-        return self._adopt(row) if row is not None else None
-
-    def _load(self, miss_key: tuple[Any, ...], query: Callable[[Store], Any]) -> tuple[int, bytes | Values] | None:
-        if self._store is None or self._deleted or self._cache.missed(miss_key):
-            return None
-        row = self._ask(query)
-        if row is _FAILED:
-            return None
-        if row is None:
-            self._cache.add_miss(miss_key)
-            return None
-        return self._adopt(row)
-
-    def _adopt(self, row: EntityRow) -> tuple[int, bytes | Values]:
-        """Keep a row read from the store in memory, unless memory has the entity already (it is newer)."""
-        cache = self._cache
-        current = cache.records.get(row.id)
-        if current is None:
-            cache.put(row.id, (row.hash, row.username, row.phone, row.name), None, dirty=False)
-            current = cache.records[row.id]
-            self._used(1)
-        return row.id, current
+        cache.use(grown)
 
     def get_input_entity(self, key: Any) -> Any:
-        kind = type(key)
-        if kind is int:
+        if type(key) is int:
             records = self._cache.records
             rec = records.get(key)
             if rec is not None:
                 records[key] = records.pop(key)  # now the most recent
                 return rows.input_peer(key, access_hash(rec))
-            exact = key < 0
-        elif kind is str:
-            exact = True
-        else:
-            try:
-                if key.SUBCLASS_OF_ID in rows.INPUT_SUBCLASSES:
-                    return key
-                return utils.get_input_peer(key)
-            except (AttributeError, TypeError):
-                if isinstance(key, TLObject):
-                    key = utils.get_peer_id(key)
-                    exact = True
-                else:
-                    exact = not isinstance(key, int) or key < 0
-
-        result: tuple[int, bytes | Values] | None = None
-        if isinstance(key, str):
-            phone = utils.parse_phone(key)
-            if phone:
-                result = self._lookup(PHONE, phone)
-            else:
-                username, invite = utils.parse_username(key)
-                if username and not invite:
-                    result = self._lookup(USERNAME, username)
-                else:
-                    tup = utils.resolve_invite_link(key)[1]
-                    if tup:
-                        result = self._lookup_ids(rows.candidate_ids(tup))
-            if result is None:
-                result = self._lookup(NAME, key)
-        elif isinstance(key, int):
-            rec = self._cache.records.get(key)
-            if rec is not None:
-                result = (key, rec)
-            elif exact:
-                result = self._lookup_ids((key,))
-            else:
-                result = self._lookup_ids(rows.candidate_ids(key))
-
-        if result is None:
-            raise ValueError("Could not find input entity with key ", key)
-        return rows.input_peer(result[0], access_hash(result[1]))
+        return self._resolver.input_entity(key)
 
     # -- sent files ------------------------------------------------------------------
 
@@ -621,13 +483,8 @@ class SessionCore(Session):  # type: ignore[misc]
         key: FileKey = (md5_digest, file_size, rows.file_type(cls))
         value = self._files.get(key)
         if value is None:
-            if self._store is None or self._deleted or self._cache.missed(("file", key)):
-                return None
-            value = self._ask(lambda s: s.find_file(key))
-            if value is _FAILED:
-                return None
+            value = self._resolver.find_file(key)
             if value is None:
-                self._cache.add_miss(("file", key))
                 return None
             self._files[key] = value
             self._trim_files()
@@ -640,8 +497,9 @@ class SessionCore(Session):  # type: ignore[misc]
         if self._store is None or len(files) <= MAX_FILES:
             return
         pinned = set(self._dirty_files).union(*(h.files for h in self._cache.handed if not h.written))
-        drop = [key for key in itertools.islice(files, MAX_FILES // 4 + len(pinned)) if key not in pinned]
-        for key in drop[: MAX_FILES // 4]:
+        excess = len(files) - MAX_FILES + MAX_FILES // 4
+        drop = [key for key in itertools.islice(files, excess + len(pinned)) if key not in pinned]
+        for key in drop[:excess]:
             del files[key]
 
     # -- persistence -------------------------------------------------------------------
@@ -719,7 +577,7 @@ class SessionCore(Session):  # type: ignore[misc]
             self._rewrite_header = False
         self._hand_over(states=True)
         if self._cache.evict_due:
-            self._used(0)
+            self._cache.use()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Save, then wait up to ``timeout`` seconds until the writer has stored everything.
@@ -778,6 +636,7 @@ class SessionCore(Session):  # type: ignore[misc]
         self._bound_writer.discard(store)
         store.delete()
         self._deleted = True
+        self._resolver.store = None
         self._dc_id, self._server_address, self._port, self._auth_key, self._takeout_id = 0, None, None, None, None
         self._persisted = EMPTY_HEADER
         self._cache.clear()
@@ -831,8 +690,7 @@ class SessionCore(Session):  # type: ignore[misc]
                 cache.put(row.id, values, old)
         if cache.dirty and self._flush_handle is None:
             self._flush_handle = self._arm(self._flush_interval, False)
-        if self._budget is not None:
-            self._used(len(cache) - size)
+        cache.use(len(cache) - size)
 
     def put_file(self, key: FileKey, value: tuple[int, int]) -> None:
         """Add a sent-file record as it is (migration)."""

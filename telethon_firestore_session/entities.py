@@ -133,6 +133,7 @@ class EntityCache:
 
     __slots__ = (
         "__weakref__",
+        "budget",
         "dirty",
         "evict_due",
         "exact",
@@ -146,9 +147,11 @@ class EntityCache:
         "used",
     )
 
-    def __init__(self, *, track: bool = True) -> None:
-        #: Whether changes are tracked for writing (a cache without a store keeps no ``dirty`` set).
-        self.track = track
+    def __init__(self, budget: EntityBudget | None = None) -> None:
+        #: The budget this cache counts against, and evicts under; ``None``: keep everything.
+        self.budget = budget
+        #: Whether changes are tracked for writing (only a session with a store, and a budget, has to).
+        self.track = budget is not None
         self.records: dict[int, bytes | Values] = {}
         #: The text of every record, in bytes (for :meth:`nbytes`).
         self.text_bytes = 0
@@ -165,9 +168,24 @@ class EntityCache:
         self.owner = threading.get_ident()
         #: Another thread found the budget exceeded: evict on the next call.
         self.evict_due = False
+        if budget is not None:
+            budget.register(self)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def use(self, grown: int = 0) -> None:
+        """Note a use of this cache, with ``grown`` more entities in it (the budget evicts if it must)."""
+        self.used = next(_clock)
+        budget = self.budget
+        if budget is not None and (grown or self.evict_due):
+            self.owner = threading.get_ident()
+            if self.evict_due:  # another thread found the budget exceeded
+                self.evict_due = False
+                budget.count += grown
+                budget.rebalance()
+            else:
+                budget.grew(grown)
 
     def nbytes(self) -> int:
         """Memory used: the dictionaries as allocated, the objects in them as :data:`OBJECT_BYTES` each and text."""
@@ -280,8 +298,12 @@ class EntityCache:
                 index[key] = eid
                 if tag != NAME:  # usernames and phones have one owner: it moved
                     self._clear(current, tag)
-        elif dirty or (tag, value) not in self.exact:  # a hash collision
-            self.exact[(tag, value)] = eid
+        else:  # a hash collision: this value goes to the exact side map
+            owner = self.exact.get((tag, value))
+            if owner is None or (dirty and owner != eid):
+                self.exact[(tag, value)] = eid
+                if owner is not None and tag != NAME and owner in self.records:
+                    self._clear(owner, tag)
 
     def _unindex(self, eid: int, tag: int, value: str) -> None:
         key = _key(tag, value)
@@ -375,6 +397,8 @@ class EntityBudget:
         self.limit_bytes = 0
         #: The count above which the next growth adds the bytes up again.
         self.threshold = 0
+        #: The last rebalance could not get under the budget (entities were pending).
+        self.over = False
         self.limit_mb = limit_mb
 
     @classmethod
@@ -437,6 +461,7 @@ class EntityBudget:
                     used -= evicted * freed
                     self.evictions += evicted
             self.count = count
+            self.over = used > self.limit_bytes
             # Look again once the room left is used, or (still over: pending writes, other
             # threads) after some more growth, never on every call.
             per_entity = used // count + 1 if count else OBJECT_BYTES

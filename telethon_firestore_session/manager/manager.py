@@ -114,12 +114,9 @@ class UserSessionManager:
     :param idle_timeout: seconds after which an unused client is disconnected.
     :param lease_ttl: seconds a Firestore lease lasts without renewal (renewed every third).
     :param login_timeout: seconds a pending login (the code sent by ``begin_login``) stays valid.
-    :param flush_interval: the sessions' write-behind interval for entities and sent files.
-    :param state_flush_interval: seconds between writes of a session's update states
-        (besides the ``save()`` Telethon makes every minute and on disconnect).
-    :param entity_cache_mb: sets the process-wide memory budget of cached entities, in MiB
-        (:class:`~telethon_firestore_session.entities.EntityBudget`; default: leave it, 32 MiB
-        unless set).
+    :param flush_interval: the sessions' write-behind interval (entities, sent files);
+        ``state_flush_interval`` that of update states (Telethon's ``save()`` writes them too).
+    :param entity_cache_mb: sets the process-wide entity memory budget (``EntityBudget``), in MiB.
     :param flush_timeout: how long closing a client waits for its session to be written.
     :param rpc_timeout: deadline of each Firestore call made by the directory and sessions.
     :param health_timeout: the bound on :meth:`health_check`'s backend round trip.
