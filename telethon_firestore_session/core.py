@@ -278,7 +278,7 @@ class Handoff:
 
     __slots__ = ("core", "entities", "files", "states", "written")
 
-    def __init__(self, core: SessionCore, entities: set[int], states: set[int], files: set[FileKey]) -> None:
+    def __init__(self, core: SessionCore, entities: list[int], states: set[int], files: set[FileKey]) -> None:
         self.core = core
         self.entities = entities
         self.states = states
@@ -301,7 +301,7 @@ class Handoff:
     def done(self) -> None:
         """Written (on the writer's thread): the entities are no longer pinned and the sets can go."""
         self.written = True
-        self.entities, self.states, self.files = set(), set(), set()
+        self.entities, self.states, self.files = [], set(), set()
         cache = self.core._cache
         if cache.budget is not None and cache.budget.over:
             cache.evict_due = True  # what was pinned may go now: the session evicts on its next call
@@ -466,9 +466,11 @@ class SessionCore(Session):  # type: ignore[misc]
     def get_input_entity(self, key: Any) -> Any:
         if type(key) is int:
             records = self._cache.records
-            rec = records.get(key)
+            rec = records.pop(key, None)
             if rec is not None:
-                records[key] = records.pop(key)  # now the most recent
+                records[key] = rec  # now the most recent
+                if key > 0:
+                    return types.InputPeerUser(key, access_hash(rec))
                 return rows.input_peer(key, access_hash(rec))
         return self._resolver.input_entity(key)
 
@@ -508,9 +510,10 @@ class SessionCore(Session):  # type: ignore[misc]
         """A timer on the running loop that hands the changes over in ``delay`` seconds (``None`` without a loop)."""
         if self._store is None or self._deleted:
             return None
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        # asyncio exports _get_running_loop (it is in asyncio.__all__): the loop or None, where
+        # get_running_loop() raises, which would cost every call made outside a loop.
+        loop = asyncio._get_running_loop()
+        if loop is None:
             return None  # not in a loop: save() or close() will hand the changes over
         return loop.call_later(max(0.0, delay), self._on_timer, states)
 
@@ -540,7 +543,7 @@ class SessionCore(Session):  # type: ignore[misc]
         if not (cache.dirty or self._dirty_files or handed_states):
             return
         handoff = Handoff(self, cache.dirty, handed_states, self._dirty_files)
-        cache.dirty, self._dirty_files = set(), set()
+        cache.dirty, self._dirty_files = [], set()
         cache.handed = [h for h in cache.handed if not h.written]
         cache.handed.append(handoff)
         self._bound_writer.submit(store, handoff)
@@ -576,8 +579,6 @@ class SessionCore(Session):  # type: ignore[misc]
             self._persisted = header
             self._rewrite_header = False
         self._hand_over(states=True)
-        if self._cache.evict_due:
-            self._cache.use()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Save, then wait up to ``timeout`` seconds until the writer has stored everything.

@@ -31,6 +31,8 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Protocol
 
+from telethon.tl import types
+
 from .rows import generic_row, row_function
 
 __all__ = [
@@ -92,10 +94,7 @@ def decode(rec: bytes | Values) -> Values:
 
 
 def access_hash(rec: bytes | Values) -> int:
-    if type(rec) is tuple:
-        return rec[0]
-    value: int = _HASH.unpack_from(rec)[0]  # type: ignore[arg-type]
-    return value
+    return _HASH.unpack_from(rec)[0] if type(rec) is bytes else rec[0]
 
 
 def _field(rec: bytes | Values, tag: int) -> str | None:
@@ -119,7 +118,7 @@ def _key(tag: int, value: str) -> int:
 class _Batch(Protocol):
     """A hand-off to the writer (``core.Handoff``): its records stay until it is written."""
 
-    entities: set[int]
+    entities: list[int]
     files: set[Any]
     written: bool
 
@@ -158,8 +157,9 @@ class EntityCache:
         self.index: dict[int, int] = {}
         #: ``(tag, value) -> id`` for values whose index key is taken by another value.
         self.exact: dict[tuple[int, str], int] = {}
-        #: Entities changed since they were last handed to the writer.
-        self.dirty: set[int] = set()
+        #: Entities changed since they were last handed to the writer (a list: appending is the
+        #: cheapest; an id changed twice is there twice).
+        self.dirty: list[int] = []
         #: Hand-offs to the writer that are not written yet (their entities are pinned too).
         self.handed: list[_Batch] = []
         #: Hashes of lookups the store answered "not found" (at most :data:`MAX_MISSES`).
@@ -233,37 +233,57 @@ class EntityCache:
         """
         records = self.records
         index = self.index
+        dirty = self.dirty if self.track else None
+        mask, phone_key, name_key = _MASK, _PHONE_KEY, _NAME_KEY
         size = len(records)
+        text_bytes = 0
         funcs = row_function
         generic = generic_row
         pack = _HEAD.pack
+        setdefault = records.setdefault
+        user = types.User
         for e in entities:
-            row = funcs.get(type(e), generic)(e)
-            if row is None:
-                continue
-            eid, h, u, p, n = row
+            if type(e) is user:  # most entities: their row is computed here, what MemorySession computes
+                h = e.access_hash
+                if h is None or e.min:
+                    continue
+                eid = e.id
+                first, last = e.first_name, e.last_name
+                n = f"{first} {last}" if (first and last) else (first or last or None)
+                u = e.username
+                u = u.lower() if u else None
+                p = e.phone
+            else:
+                row = funcs.get(type(e), generic)(e)
+                if row is None:
+                    continue
+                eid, h, u, p, n = row
             text = f"{u or ''}\x1f{p or ''}\x1f{n or ''}"
             try:
                 rec = pack(h, (u is None) | (p is None) << 1 | (n is None) << 2) + text.encode()
             except UnicodeEncodeError:  # a lone surrogate: put() keeps such values as they are
                 rec = b""
-            old = records.get(eid)
-            if old is not None and old == rec:
-                records[eid] = records.pop(eid)  # seen again: now the most recent
+            old = setdefault(eid, rec)
+            if old is not rec:
+                if old == rec:
+                    records[eid] = records.pop(eid)  # seen again: now the most recent
+                else:
+                    self.put(eid, (h, u, p, n), old)
                 continue
-            if old is not None or not rec or text.count(_SEP) != 2:
-                self.put(eid, (h, u, p, n), old)
+            if not rec or text.count("\x1f") != 2:
+                del records[eid]
+                self.put(eid, (h, u, p, n), None)
                 continue
-            records[eid] = rec
-            self.text_bytes += len(rec) - 9
-            if self.track:
-                self.dirty.add(eid)
-            if u and index.setdefault(hash(u) & _MASK, eid) != eid:
+            text_bytes += len(rec) - 9
+            if dirty is not None:
+                dirty.append(eid)
+            if u and index.setdefault(hash(u) & mask, eid) is not eid:
                 self._index(eid, USERNAME, u, True)
-            if p and index.setdefault(hash(p) & _MASK | _PHONE_KEY, eid) != eid:
+            if p and index.setdefault(hash(p) & mask | phone_key, eid) is not eid:
                 self._index(eid, PHONE, p, True)
-            if n and index.setdefault(hash(n) & _MASK | _NAME_KEY, eid) != eid:
+            if n and index.setdefault(hash(n) & mask | name_key, eid) is not eid:
                 self._index(eid, NAME, n, True)
+        self.text_bytes += text_bytes
         return len(records) - size
 
     def put(self, eid: int, values: Values, old: bytes | Values | None, *, dirty: bool = True) -> None:
@@ -279,7 +299,7 @@ class EntityCache:
         rec = records[eid] = encode(*values)
         self.text_bytes += _size(rec)
         if dirty and self.track:
-            self.dirty.add(eid)
+            self.dirty.append(eid)
         for tag, value in zip(_TAGS, fields, strict=True):
             if value:
                 self._index(eid, tag, value, dirty)
@@ -320,20 +340,20 @@ class EntityCache:
         rec = self.records[eid] = encode(*values)  # type: ignore[arg-type]
         self.text_bytes += _size(rec) - _size(old)
         if self.track:
-            self.dirty.add(eid)
+            self.dirty.append(eid)
 
     def clear(self) -> None:
         self.text_bytes = 0
         self.records.clear()
         self.index.clear()
         self.exact.clear()
-        self.dirty = set()
+        self.dirty = []
         self.handed = []
         self.misses.clear()
 
     # -- eviction -----------------------------------------------------------------------------
 
-    def pinned(self) -> list[set[int]]:
+    def pinned(self) -> list[list[int]]:
         """The sets of entities that must stay: changed, or handed to the writer and not written yet."""
         self.handed = [h for h in self.handed if not h.written]
         return [self.dirty, *(h.entities for h in self.handed)]
@@ -341,7 +361,7 @@ class EntityCache:
     def evict(self, n: int) -> int:
         """Drop up to ``n`` of the least recently used entities that are stored; return how many."""
         pinned = self.pinned()
-        keep = pinned[0] if len(pinned) == 1 else set().union(*pinned)
+        keep = set().union(*pinned)
         records = self.records
         victims = []
         for eid in records:

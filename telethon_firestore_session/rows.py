@@ -2,7 +2,8 @@
 
 An entity row is ``(marked id, access hash, username, phone, display name)``, exactly
 what Telethon's ``MemorySession._entity_to_row`` computes (usernames lower-cased), with
-fast paths for the common ``User``, ``Chat`` and ``Channel``.
+fast paths for ``Chat`` and ``Channel``. ``User``, by far the most common, is converted
+inline by :meth:`~telethon_firestore_session.entities.EntityCache.absorb` (the hot path).
 """
 
 from __future__ import annotations
@@ -38,16 +39,6 @@ FILE_PHOTO = 1
 _CHANNEL_MARK = 1_000_000_000_000
 #: ``SUBCLASS_OF_ID`` of InputPeer, InputUser and InputChannel: returned by lookups as they are.
 INPUT_SUBCLASSES = (0xC91C90B6, 0xE669BF46, 0x40F202FD)
-
-
-def _user_row(e: types.User) -> Row | None:
-    h = e.access_hash
-    if h is None or e.min:
-        return None
-    first, last = e.first_name, e.last_name
-    name = f"{first} {last}" if (first and last) else (first or last or None)
-    un = e.username
-    return (e.id, h, un.lower() if un else None, e.phone, name)
 
 
 def _chat_row(e: types.Chat) -> Row | None:
@@ -89,9 +80,9 @@ def generic_row(e: Any) -> Row | None:
     return (marked_id, p_hash, username, phone, name)
 
 
-#: ``row_function.get(type(e), generic_row)(e)`` is the row of ``e`` (or ``None``: not stored).
+#: ``row_function.get(type(e), generic_row)(e)`` is the row of ``e`` (or ``None``: not stored), for
+#: every type but ``User`` (see :meth:`~telethon_firestore_session.entities.EntityCache.absorb`).
 row_function: dict[type, Any] = {
-    types.User: _user_row,
     types.Chat: _chat_row,
     types.Channel: _channel_row,
 }

@@ -252,7 +252,7 @@ def test_the_writer_builds_the_rows_on_its_own_thread(opener: Opener, monkeypatc
     session = opener()
     feed_people(session, 300)
     session.save()
-    assert session._cache.dirty == set()  # handed over: a fresh set for what comes next
+    assert session._cache.dirty == []  # handed over: a fresh list for what comes next
     assert session.flush(30)
     assert threads and threading.current_thread().name not in threads
     assert session._sqlite.commits >= 1
