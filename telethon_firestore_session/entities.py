@@ -37,6 +37,7 @@ from .rows import generic_row, row_function
 
 __all__ = [
     "DEFAULT_ENTITY_CACHE_MB",
+    "MAX_MISSES",
     "OBJECT_BYTES",
     "EntityBudget",
     "EntityCache",
@@ -61,7 +62,6 @@ USERNAME, PHONE, NAME = 0, 1, 2
 _TAGS = (USERNAME, PHONE, NAME)
 #: ``(access hash, username, phone, display name)``.
 Values = tuple[int, "str | None", "str | None", "str | None"]
-Record = "bytes | Values"
 
 _SEP = "\x1f"
 _HEAD = struct.Struct("<qB")
@@ -162,7 +162,8 @@ class EntityCache:
         self.dirty: list[int] = []
         #: Hand-offs to the writer that are not written yet (their entities are pinned too).
         self.handed: list[_Batch] = []
-        #: Hashes of lookups the store answered "not found" (at most :data:`MAX_MISSES`).
+        #: Hashes of lookups the store answered "not found" (at most :data:`MAX_MISSES`; a 64-bit
+        #: hash stands for its lookup, so two that collide share one answer, about 2**-64 likely).
         self.misses: set[int] = set()
         self.used = next(_clock)
         self.owner = threading.get_ident()
@@ -492,7 +493,8 @@ class EntityBudget:
 
     def stats(self) -> dict[str, object]:
         """``limit_mb``, ``sessions``, ``entities`` cached, ``estimated_mb`` and ``evictions``."""
-        caches = list(self._caches)
+        with self._lock:
+            caches = list(self._caches)
         return {
             "limit_mb": self._limit_mb,
             "sessions": len(caches),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -50,17 +49,6 @@ def users(n: int, start: int = 1000) -> types.contacts.ResolvedPeer:
 def raw(doc: Any) -> tuple[dict[str, Any] | None, Any]:
     snap = doc.get()
     return (snap.to_dict() if snap.exists else None), (snap.update_time if snap.exists else None)
-
-
-@pytest.fixture
-def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
-    """The emulator, paused for the test body where it calls ``emulator.pause()``; always resumed."""
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
-    try:
-        yield emulator
-    finally:
-        emulator.resume()
 
 
 def open_session(client: Any, bot_id: str, uid: object = "42", **kw: Any) -> FirestoreSession:

@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +68,6 @@ def budget(monkeypatch: pytest.MonkeyPatch) -> EntityBudget:
     fresh = EntityBudget(limit_mb=1)
     monkeypatch.setattr(EntityBudget, "_instance", fresh)
     return fresh
-
-
-@pytest.fixture
-def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
-    try:
-        yield emulator
-    finally:
-        emulator.resume()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
