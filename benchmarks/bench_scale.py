@@ -45,7 +45,7 @@ class ScaleSizes:
     outage_misses: int
 
 
-FULL_SCALE = ScaleSizes((5_000, 50_000, 200_000), 100, 5_000, 100, 5_000, 200_000, None, 90_000, 20_000, 5, 20.0, 50)
+FULL_SCALE = ScaleSizes((5_000, 50_000, 200_000), 100, 5_000, 100, 5_000, 200_000, None, 90_000, 20_000, 3, 20.0, 50)
 QUICK_SCALE = ScaleSizes((5_000, 20_000), 5, 4_000, 5, 1_000, 20_000, 2.0, 90_000, 20_000, 1, 4.0, 20)
 
 
@@ -170,7 +170,7 @@ def bench_heap(ctx: Context, backend: str, sessions: int, per_session: int, limi
     opened: list[Any] = []
     for k in range(sessions):
         if backend == "firestore":
-            s: Any = FirestoreSession(f"heap-{tag}-{k}", bot_id=BOT, client=ctx.client)
+            s: Any = FirestoreSession(f"heap-{tag}-{k}", bot_id=BOT, client=ctx.client, rpc_timeout=300)
         else:
             s = ScopedSQLiteSession(f"heap-{tag}-{k}", bot_id=BOT, sessions_dir=ctx.tmpdir)
         opened.append(s)
@@ -254,7 +254,10 @@ def bench_save_pending(ctx: Context, pending: int, repeats: int) -> list[HandOff
     ]
     if ctx.client is not None and not ctx.quick:  # quick: the same code, without writing 90k documents
         makers.append(
-            ("FirestoreSession", lambda r: FirestoreSession(f"pending-{ctx.tag()}", bot_id=BOT, client=ctx.client))
+            (
+                "FirestoreSession",
+                lambda r: FirestoreSession(f"pending-{ctx.tag()}", bot_id=BOT, client=ctx.client, rpc_timeout=300),
+            )
         )
     out = {name: HandOff(name, pending, []) for name, _ in makers}
     for r in range(repeats):
@@ -313,7 +316,9 @@ def bench_timer(ctx: Context, pending: int, repeats: int) -> list[HandOff]:
             sessions.append(
                 (
                     "FirestoreSession",
-                    FirestoreSession(f"timer-{ctx.tag()}", bot_id=BOT, client=ctx.client, flush_interval=0.5),
+                    FirestoreSession(
+                        f"timer-{ctx.tag()}", bot_id=BOT, client=ctx.client, flush_interval=0.5, rpc_timeout=300
+                    ),
                 )
             )
         for name, s in sessions:

@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,11 @@ def run_all(
         print_hot(hot)
 
     collect_targets(ctx, workloads, targets, save, open_fs, writes, hot, sizes, open_local)
-    run_scale(ctx, sc.QUICK_SCALE if ctx.quick else sc.FULL_SCALE, targets, extra)
+    try:
+        run_scale(ctx, sc.QUICK_SCALE if ctx.quick else sc.FULL_SCALE, targets, extra)
+    except Exception:  # noqa: BLE001 - report it with the other results instead of losing them
+        traceback.print_exc()
+        targets.append(Target("11", "the issue-11 workloads ran to the end", 0, 1, "", "==", "they raised: see above"))
 
 
 def run_scale(ctx: b.Context, sizes: sc.ScaleSizes, targets: list[Target], extra: dict[str, Any]) -> None:
