@@ -98,7 +98,7 @@ class Context:
     quick: bool
     tmpdir: str
     client: Any = None  # firestore.Client, or None without the emulator
-    emulator: Any = None  # tests.emulator.Emulator, to pause it (None: not started by this run)
+    emulator: Any = None  # tests.emulator.Emulator (it can be paused when this run started it)
     rpc: RpcCounter = field(default_factory=RpcCounter)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     notes: list[str] = field(default_factory=list)
