@@ -11,6 +11,7 @@ retries failures with exponential backoff, and never raises into the caller.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import threading
@@ -70,7 +71,12 @@ class BackgroundWriter:
     """Writes sessions' changes behind, from a single daemon thread.
 
     ``interval`` is how long the thread waits between periodic calls of
-    ``Store.periodic()`` (lease renewal); writes start as soon as they are submitted.
+    ``Store.periodic()`` (lease renewal). ``submit()`` runs on the event loop
+    (``save()``, the flush timer), so it takes no lock and wakes no thread: a lock that
+    the writer's thread holds while it waits for the GIL, or waking that thread (a
+    system call that can take a millisecond on a virtual machine), would stall the
+    loop. It appends to an inbox (``deque.append`` is atomic); the thread takes the
+    inbox every ``poll`` seconds, and at once when :meth:`flush` wakes it.
     """
 
     _instance: ClassVar[BackgroundWriter | None] = None
@@ -80,15 +86,19 @@ class BackgroundWriter:
         self,
         *,
         interval: float = 5.0,
+        poll: float = 0.5,
         min_backoff: float = 0.2,
         max_backoff: float = 30.0,
         name: str = "telethon-session-writer",
     ) -> None:
         self._interval = interval
+        self._poll = poll
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._name = name
         self._cond = threading.Condition()
+        #: What ``submit()`` hands over, without a lock; moved into ``_pending`` by ``_take_inbox()``.
+        self._inbox: collections.deque[tuple[Store, Batch]] = collections.deque()
         #: Per store: batches not yet built, or (after a failed write) the built changes first.
         self._pending: dict[Store, list[Batch]] = {}
         self._attempts: dict[Store, int] = {}
@@ -121,15 +131,27 @@ class BackgroundWriter:
     # -- API used by sessions -----------------------------------------------------------
 
     def submit(self, store: Store, batch: Batch) -> None:
-        """Queue ``batch`` (``Changes``, or a session's hand-off) for ``store``. Constant time; never raises."""
-        with self._cond:
+        """Queue ``batch`` (``Changes``, or a session's hand-off) for ``store``. Constant time; never raises.
+
+        It is written within ``poll`` seconds (sooner if someone calls :meth:`flush`).
+        """
+        self._inbox.append((store, batch))
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            with self._cond:
+                self._ensure_thread()
+
+    def _take_inbox(self) -> None:
+        """Move what was submitted into ``_pending``, in order (call with ``_cond`` held)."""
+        inbox = self._inbox
+        while inbox:
+            store, batch = inbox.popleft()
             self._pending.setdefault(store, []).append(batch)
-            self._ensure_thread()
-            self._cond.notify_all()
 
     def discard(self, store: Store) -> None:
         """Drop whatever is queued for ``store`` (it is being deleted) and wait for an in-flight write."""
         with self._cond:
+            self._take_inbox()
             self._pending.pop(store, None)
             self._attempts.pop(store, None)
             self._retry_at.pop(store, None)
@@ -159,6 +181,7 @@ class BackgroundWriter:
                     self._retry_at[s] = 0.0
             self._cond.notify_all()
             while True:
+                self._take_inbox()
                 busy = (
                     bool(self._pending or self._in_flight)
                     if store is None
@@ -173,6 +196,7 @@ class BackgroundWriter:
 
     def pending_records(self, store: Store | None = None) -> int:
         with self._cond:
+            self._take_inbox()
             queues = [self._pending.get(store, [])] if store is not None else list(self._pending.values())
             return sum(len(b) for q in queues for b in q)
 
@@ -190,6 +214,7 @@ class BackgroundWriter:
             self._thread.start()
 
     def _next_ready(self) -> tuple[Store, list[Batch]] | None:
+        self._take_inbox()
         now = time.monotonic()
         for store in self._pending:
             if store not in self._in_flight and self._retry_at.get(store, 0.0) <= now:
@@ -201,7 +226,7 @@ class BackgroundWriter:
     def _wait_time(self) -> float:
         now = time.monotonic()
         times = [self._retry_at.get(s, 0.0) - now for s in self._pending if s not in self._in_flight]
-        times.append(self._interval)
+        times.append(min(self._interval, self._poll))  # new batches are looked for every poll seconds
         return max(0.01, min(times))
 
     def _run(self) -> None:
