@@ -469,8 +469,11 @@ class SessionCore(Session):  # type: ignore[misc]
         cache.use(grown)
 
     def get_input_entity(self, key: Any) -> Any:
+        cache = self._cache
+        if cache.evict_due:  # written while over the budget: evict here, on the session's thread
+            cache.use()
         if type(key) is int:
-            records = self._cache.records
+            records = cache.records
             rec = records.pop(key, None)
             if rec is not None:
                 records[key] = rec  # now the most recent

@@ -158,6 +158,18 @@ def test_evicted_entities_are_found_again_through_firestore(firestore_client: An
         EntityBudget._instance = old
 
 
+def test_a_session_that_only_looks_up_evicts_once_its_entities_are_written(
+    opener: Opener, budget: EntityBudget
+) -> None:
+    session = opener()
+    feed_people(session, 5000)  # one burst, all pending: nothing can go yet
+    assert session.flush(30)
+    assert len(session._cache) == 5000 and session._cache.evict_due
+    assert session.get_input_entity(1) == iu(1)  # no new entity: the lookup makes room
+    assert budget.evictions > 0 and budget.stats()["estimated_mb"] <= 1.0
+    assert session.get_input_entity(4999) == iu(4999)  # evicted or not, still found
+
+
 def test_pending_entities_are_never_evicted(opener: Opener, budget: EntityBudget) -> None:
     budget.limit_mb = 0.1
     session = opener()
