@@ -127,7 +127,7 @@ class RpcCounter:
 
 
 @contextlib.contextmanager
-def firestore_emulator(project: str) -> Iterator[Emulator | None]:
+def firestore_emulator(project: str, heap: str = "1g") -> Iterator[Emulator | None]:
     """Yield a running emulator (started here unless FIRESTORE_EMULATOR_HOST is set), or None.
 
     An emulator we start is stopped on exit. Only ``project``'s data is reset.
@@ -145,7 +145,7 @@ def firestore_emulator(project: str) -> Iterator[Emulator | None]:
             print(f"NOTE: {INSTALL_HINT}; the Firestore workloads are skipped")
             yield None
             return
-        emu = Emulator.start(jar)
+        emu = Emulator.start(jar, heap=heap)
         os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
         os.environ["GOOGLE_CLOUD_PROJECT"] = project
     try:

@@ -3,8 +3,9 @@
 The public API, by layer (each documented in the README):
 
 * sessions: :class:`FirestoreSession`, :class:`ScopedSQLiteSession` (both
-  ``telethon.sessions.abstract.Session``), built on :class:`SessionCore` and the
-  process-wide :class:`BackgroundWriter`; :class:`Store` is the interface a new
+  ``telethon.sessions.abstract.Session``), built on :class:`SessionCore`, the
+  process-wide :class:`BackgroundWriter` and the process-wide memory budget of
+  cached entities, :class:`EntityBudget`; :class:`Store` is the interface a new
   backend implements;
 * encryption at rest: :class:`SessionCipher`, :func:`generate_key`;
 * the environment factory: :class:`SessionConfig`, :func:`create_session`,
@@ -27,6 +28,7 @@ from .config import (
 )
 from .core import SessionCore, Store
 from .crypto import SessionCipher, generate_key
+from .entities import EntityBudget
 from .errors import (
     ConfigError,
     InvalidSessionIdError,
@@ -57,6 +59,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackgroundWriter",
     "ConfigError",
+    "EntityBudget",
     "FirestoreSession",
     "InvalidSessionIdError",
     "LoginResult",

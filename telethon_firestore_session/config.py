@@ -4,8 +4,9 @@
 (``USE_LOCAL_STORAGE``, ``BOT_ID``, ``BOT_TOKEN``, ``API_ID``, ``API_HASH``,
 ``FIREBASE_PROJECT_ID``, ``FIREBASE_CREDENTIALS``) and the standard Google ones
 (``GOOGLE_CLOUD_PROJECT``, ``GOOGLE_APPLICATION_CREDENTIALS``,
-``FIRESTORE_EMULATOR_HOST``), plus ``SESSIONS_DIR`` and the encryption settings
-(``SESSION_ENCRYPTION_KEY``, ``SESSION_ENCRYPTION_OLD_KEYS``, ``SESSION_ENCRYPT_PII``).
+``FIRESTORE_EMULATOR_HOST``), plus ``SESSIONS_DIR``, the encryption settings
+(``SESSION_ENCRYPTION_KEY``, ``SESSION_ENCRYPTION_OLD_KEYS``, ``SESSION_ENCRYPT_PII``),
+and ``SESSION_STATE_FLUSH_INTERVAL`` and ``SESSION_ENTITY_CACHE_MB``.
 Every value is checked there, at start-up: a bad ``API_ID``, credentials that are
 not valid JSON, or Firestore without a project raise :class:`ConfigError` naming
 the variable, before any session is opened.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -93,6 +95,8 @@ ENV_VARIABLES = (
     "SESSION_ENCRYPTION_OLD_KEYS",
     "SESSION_ENCRYPTION_OLD_KEYS_FILE",
     "SESSION_ENCRYPT_PII",
+    "SESSION_STATE_FLUSH_INTERVAL",
+    "SESSION_ENTITY_CACHE_MB",
     "RENDER_SERVICE_NAME",
     *RENDER_VARIABLES,
 )
@@ -128,6 +132,19 @@ def _flag(env: Mapping[str, str], name: str) -> bool | None:
     if lowered in _FALSE:
         return False
     raise ConfigError(name, f"must be true or false (1/0, yes/no, on/off), not {value!r}")
+
+
+def _positive(env: Mapping[str, str], name: str, unit: str) -> float | None:
+    value = _get(env, name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number > 0 or math.isinf(number):
+        raise ConfigError(name, f"must be a positive number of {unit}, not {value!r}")
+    return number
 
 
 def is_render(environ: Mapping[str, str] | None = None) -> bool:
@@ -284,6 +301,12 @@ class SessionConfig:
     :param emulator_host: ``host:port`` of a Firestore emulator (``FIRESTORE_EMULATOR_HOST``).
     :param cipher: seals auth keys at rest (``SESSION_ENCRYPTION_KEY``).
     :param encrypt_pii: also seal usernames, phones and names (``SESSION_ENCRYPT_PII``).
+    :param state_flush_interval: seconds between writes of the update states of a session
+        (``SESSION_STATE_FLUSH_INTERVAL``; ``save()`` and ``close()`` write them too).
+    :param entity_cache_mb: the process-wide memory budget of cached entities in MiB
+        (``SESSION_ENTITY_CACHE_MB``), set on
+        :class:`~telethon_firestore_session.entities.EntityBudget` when this configuration
+        opens a session or a manager; ``None`` leaves it as it is (32 MiB unless set).
     :param render: the process runs on Render (see :func:`is_render`).
     :param instance_id: this instance (``RENDER_INSTANCE_ID``, else the host name).
     :param service_id: the Render service (``RENDER_SERVICE_ID``).
@@ -302,6 +325,8 @@ class SessionConfig:
     emulator_host: str | None = None
     cipher: SessionCipher | None = None
     encrypt_pii: bool = False
+    state_flush_interval: float = 60.0
+    entity_cache_mb: float | None = None
     render: bool = False
     instance_id: str | None = None
     service_id: str | None = None
@@ -343,6 +368,12 @@ class SessionConfig:
             _check_service_account(self.credentials_info)
         if self.encrypt_pii and self.cipher is None:
             raise ConfigError("SESSION_ENCRYPT_PII", "needs SESSION_ENCRYPTION_KEY: there is no key to seal with")
+        for variable, value in (
+            ("SESSION_STATE_FLUSH_INTERVAL", self.state_flush_interval),
+            ("SESSION_ENTITY_CACHE_MB", 1.0 if self.entity_cache_mb is None else self.entity_cache_mb),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(variable, f"must be a positive number, not {value!r}")
         if self.backend == BACKEND_FIRESTORE and self.project is None and self.emulator_host is None:
             raise ConfigError(
                 "FIREBASE_PROJECT_ID",
@@ -415,6 +446,8 @@ class SessionConfig:
             emulator_host=_get(env, "FIRESTORE_EMULATOR_HOST"),
             cipher=SessionCipher.from_env(env),
             encrypt_pii=encrypt_pii,
+            state_flush_interval=_positive(env, "SESSION_STATE_FLUSH_INTERVAL", "seconds") or 60.0,
+            entity_cache_mb=_positive(env, "SESSION_ENTITY_CACHE_MB", "MiB"),
             render=render,
             instance_id=_get(env, "RENDER_INSTANCE_ID") or socket.gethostname() or None,
             service_id=_get(env, "RENDER_SERVICE_ID"),
@@ -473,9 +506,17 @@ class SessionConfig:
             options["encrypt_pii"] = self.encrypt_pii
         return options
 
+    def apply_entity_cache_budget(self) -> None:
+        """Set the process-wide entity cache budget to ``entity_cache_mb`` (if given)."""
+        if self.entity_cache_mb is not None:
+            from .entities import EntityBudget
+
+            EntityBudget.get().limit_mb = self.entity_cache_mb
+
     def create_session(self, user_id: str | int, **options: Any) -> FirestoreSession | ScopedSQLiteSession:
         """The session of ``user_id`` in this configuration's backend; see :func:`create_session`."""
-        kwargs = {**self.session_options(), **options}
+        self.apply_entity_cache_budget()
+        kwargs = {**self.session_options(), "state_flush_interval": self.state_flush_interval, **options}
         return self._backend().session(user_id, bot_id=self.bot_id, **kwargs)
 
     def create_bot_session(

@@ -4,11 +4,14 @@
 Bound to a :class:`Store`, it loads the session header (DC, auth key, takeout id,
 update states) when it is created, looks entities and sent files up lazily,
 writes the header through on :meth:`~SessionCore.save` and hands everything
-else to the process-wide :class:`~telethon_firestore_session._writer.BackgroundWriter`.
+else to the process-wide :class:`~telethon_firestore_session.writer.BackgroundWriter`.
 
 The hot path (``process_entities``, ``set_update_state``, ``cache_file``,
 ``get_file`` and ``get_input_entity`` for known keys) does dictionary work only:
-no I/O and no scans.
+no I/O and no scans. Cached entities live in an
+:class:`~telethon_firestore_session.entities.EntityCache` under the process-wide
+:class:`~telethon_firestore_session.entities.EntityBudget`; lookups that miss
+memory go through the store's :class:`~telethon_firestore_session.breaker.LookupBreaker`.
 """
 
 from __future__ import annotations
@@ -17,18 +20,21 @@ import abc
 import asyncio
 import dataclasses
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from telethon import utils
 from telethon.crypto import AuthKey
 from telethon.sessions.abstract import Session
 from telethon.tl import types
-from telethon.tl.tlobject import TLObject
 
-from .errors import SessionError, SessionRotationError
+from . import rows
+from .breaker import LookupBreaker
+from .entities import EntityBudget, EntityCache, Values, access_hash, decode
+from .errors import SessionClosedError, SessionError, SessionRotationError
+from .resolver import Resolver
 from .writer import BackgroundWriter
 
 __all__ = [
@@ -48,14 +54,9 @@ log = logging.getLogger("telethon_firestore_session")
 #: (md5 digest, file size, type) where type is 0 for documents and 1 for photos,
 #: the same numbers that Telethon's SQLite ``sent_files`` table uses.
 FileKey = tuple[bytes, int, int]
-FILE_DOCUMENT = 0
-FILE_PHOTO = 1
 
-_CHANNEL_MARK = 1_000_000_000_000
-_INPUT_SUBCLASSES = (0xC91C90B6, 0xE669BF46, 0x40F202FD)  # InputPeer, InputUser, InputChannel
-
-# An entity's values in memory: (access hash, username, phone, display name).
-_Values = tuple[int, "str | None", "str | None", "str | None"]
+#: Sent files cached per session bound to a store (the oldest stored ones are dropped beyond).
+MAX_FILES = 256
 
 
 class EntityRow(NamedTuple):
@@ -105,6 +106,13 @@ class Changes:
         self.entities.update(newer.entities)
         self.states.update(newer.states)
         self.files.update(newer.files)
+
+    def build(self) -> Changes:
+        """Itself (what the background writer asks of every batch handed to it)."""
+        return self
+
+    def done(self) -> None:
+        """Nothing to do once written (the writer calls it)."""
 
     def __len__(self) -> int:
         return len(self.entities) + len(self.states) + len(self.files)
@@ -167,6 +175,9 @@ class Store(abc.ABC):
 
     #: Human-readable location used in log records and errors (never secrets).
     where: str = "?"
+    #: Stops lookups after one fails until a probe succeeds (:mod:`..breaker`); stores that share
+    #: a connection share one. A store without one gets its own when a session binds it.
+    breaker: LookupBreaker | None = None
 
     @abc.abstractmethod
     def load(self) -> StoredSession | None:
@@ -210,6 +221,10 @@ class Store(abc.ABC):
     def periodic(self) -> None:  # noqa: B027 - optional hook
         """Called by the background writer about once per flush interval (lease renewal)."""
 
+    def probe(self) -> None:
+        """A cheap read that raises if the store cannot answer (the breaker's probe; off the event loop)."""
+        self.find_entity_by_ids((0,))
+
     def reseal(self) -> int:
         """Write every sealed value again with the cipher's current key; return the records rewritten.
 
@@ -252,116 +267,61 @@ def reseal_each(keys: Iterable[object], open_store: Callable[[Any], Store], key_
     return rotated
 
 
-# -- turning TL objects into rows ------------------------------------------------------
+_NOTHING: frozenset[Any] = frozenset()
 
 
-def _user_row(e: types.User) -> tuple[int, int, str | None, str | None, str | None] | None:
-    h = e.access_hash
-    if h is None or e.min:
-        return None
-    first, last = e.first_name, e.last_name
-    name = f"{first} {last}" if (first and last) else (first or last or None)
-    un = e.username
-    return (e.id, h, un.lower() if un else None, e.phone, name)
+class Handoff:
+    """Records a session handed to the writer in constant time; the writer builds the rows on its thread.
 
+    Its entities stay pinned in the session's cache (never evicted) until :meth:`done`.
+    """
 
-def _chat_row(e: types.Chat) -> tuple[int, int, str | None, str | None, str | None] | None:
-    if not 0 < e.id <= 9999999999:
-        return _generic_row(e)
-    return (-e.id, 0, None, None, e.title or None)
+    __slots__ = ("core", "entities", "files", "states", "written")
 
+    def __init__(self, core: SessionCore, entities: list[int], states: set[int], files: set[FileKey]) -> None:
+        self.core = core
+        self.entities = entities
+        self.states = states
+        self.files = files
+        self.written = False
 
-def _channel_row(e: types.Channel) -> tuple[int, int, str | None, str | None, str | None] | None:
-    h = e.access_hash
-    if h is None or e.min:
-        return None
-    if not 0 < e.id <= 9999999999:
-        return _generic_row(e)
-    un = e.username
-    return (-(_CHANNEL_MARK + e.id), h, un.lower() if un else None, None, e.title or None)
+    def build(self) -> Changes:
+        core = self.core
+        now = int(time.time())
+        records = core._cache.records
+        entities = {}
+        for eid in self.entities:
+            rec = records.get(eid)
+            if rec is not None:
+                entities[eid] = EntityRow(eid, *decode(rec), now)
+        states = {sid: st for sid in self.states if (st := core._states.get(sid)) is not None}
+        files = {key: value for key in self.files if (value := core._files.get(key)) is not None}
+        return Changes(entities, states, files)
 
+    def done(self) -> None:
+        """Written (on the writer's thread): the entities are no longer pinned and the sets can go."""
+        self.written = True
+        self.entities, self.states, self.files = [], set(), set()
+        cache = self.core._cache
+        if cache.budget is not None and cache.budget.over:
+            cache.evict_due = True  # what was pinned may go now: the session evicts on its next call
 
-def _generic_row(e: Any) -> tuple[int, int, str | None, str | None, str | None] | None:
-    """Exactly what ``MemorySession._entity_to_row`` computes, for the rarer types."""
-    if not isinstance(e, TLObject):
-        return None
-    try:
-        p = utils.get_input_peer(e, allow_self=False)
-        marked_id = utils.get_peer_id(p)
-    except TypeError:
-        return None
-    if isinstance(p, (types.InputPeerUser, types.InputPeerChannel)):
-        p_hash = p.access_hash
-    elif isinstance(p, types.InputPeerChat):
-        p_hash = 0
-    else:
-        return None
-    username = getattr(e, "username", None) or None
-    if username is not None:
-        username = username.lower()
-    phone = getattr(e, "phone", None)
-    name = utils.get_display_name(e) or None
-    return (marked_id, p_hash, username, phone, name)
-
-
-_ROW_FUNCS: dict[type, Any] = {
-    types.User: _user_row,
-    types.Chat: _chat_row,
-    types.Channel: _channel_row,
-}
-
-
-def _collect(tlo: Any) -> Iterable[Any]:
-    if not isinstance(tlo, TLObject) and utils.is_list_like(tlo):
-        return tlo  # type: ignore[no-any-return]
-    entities: list[Any] = []
-    user = getattr(tlo, "user", None)
-    if user is not None:
-        entities.append(user)
-    chat = getattr(tlo, "chat", None)
-    if chat is not None:
-        entities.append(chat)
-    chats = getattr(tlo, "chats", None)
-    if chats is not None and utils.is_list_like(chats):
-        entities.extend(chats)
-    users = getattr(tlo, "users", None)
-    if users is not None and utils.is_list_like(users):
-        entities.extend(users)
-    return entities
-
-
-def _input_peer(marked_id: int, access_hash: int) -> Any:
-    if marked_id >= 0:
-        return types.InputPeerUser(marked_id, access_hash)
-    bare = -marked_id
-    if bare > _CHANNEL_MARK:
-        return types.InputPeerChannel(bare - _CHANNEL_MARK, access_hash)
-    return types.InputPeerChat(bare)
-
-
-def _same_state(a: types.updates.State, b: types.updates.State, entity_id: int) -> bool:
-    if entity_id != 0:
-        # Telethon stamps channel states with datetime.now() and reads back only pts.
-        return bool(a.pts == b.pts)
-    return bool(a.pts == b.pts and a.qts == b.qts and a.seq == b.seq and a.date == b.date)
-
-
-def _file_type(cls: Any) -> int:
-    if cls is types.InputDocument:
-        return FILE_DOCUMENT
-    if cls is types.InputPhoto:
-        return FILE_PHOTO
-    raise ValueError("The cls must be either InputDocument/InputPhoto")
-
-
-_MISS = object()
+    def __len__(self) -> int:
+        return len(self.entities) + len(self.states) + len(self.files)
 
 
 class SessionCore(Session):  # type: ignore[misc]
     """An in-memory Telethon session with O(1) lookups, optionally bound to a store.
 
     Without a store it behaves like Telethon's ``MemorySession`` (minus its
-    linear scans and stale rows). :meth:`clone` returns one of these.
+    linear scans and stale rows) and keeps every entity. :meth:`clone` returns one of these.
+
+    Bound to a store, its cached entities count against the process-wide
+    :class:`~telethon_firestore_session.entities.EntityBudget`; entities, sent files
+    and update states are handed to the background writer by :meth:`save`, and by a
+    timer on the running event loop: entities and sent files within ``flush_interval``
+    seconds, update states at most every ``state_flush_interval`` seconds (Telethon
+    calls ``save()`` every minute and on disconnect, which always hands them over).
     """
 
     def __init__(
@@ -369,12 +329,14 @@ class SessionCore(Session):  # type: ignore[misc]
         store: Store | None = None,
         *,
         flush_interval: float = 5.0,
+        state_flush_interval: float = 60.0,
         close_timeout: float = 10.0,
         writer: BackgroundWriter | None = None,
     ) -> None:
         super().__init__()
         self._store = store
         self._flush_interval = flush_interval
+        self._state_flush_interval = state_flush_interval
         self._close_timeout = close_timeout
         self._writer = writer
         self.save_entities = True
@@ -385,23 +347,22 @@ class SessionCore(Session):  # type: ignore[misc]
         self._auth_key: AuthKey | None = None
         self._takeout_id: int | None = None
 
-        self._entities: dict[int, _Values] = {}
-        self._by_username: dict[str, int] = {}
-        self._by_phone: dict[str, int] = {}
-        self._by_name: dict[str, dict[int, None]] = {}
+        self._cache = EntityCache(EntityBudget.get() if store is not None else None)
+        self._resolver = Resolver(self._cache, store)
         self._states: dict[int, types.updates.State] = {}
         self._files: dict[FileKey, tuple[int, int]] = {}
-        self._misses: set[tuple[str, object]] = set()
-
-        self._dirty_entities: set[int] = set()
         self._dirty_states: set[int] = set()
         self._dirty_files: set[FileKey] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._state_handle: asyncio.TimerHandle | None = None
+        self._states_due = time.monotonic() + state_flush_interval
         self._persisted = EMPTY_HEADER
         self._rewrite_header = False
         self._deleted = False
 
         if store is not None:
+            if store.breaker is None:
+                store.breaker = LookupBreaker(store.where)
             loaded = store.load()
             if loaded is not None:
                 self._apply_loaded(loaded)
@@ -423,6 +384,11 @@ class SessionCore(Session):  # type: ignore[misc]
         return self._store
 
     @property
+    def _entities(self) -> dict[int, bytes | Values]:
+        """The cached entity records by marked id (see :mod:`.entities`)."""
+        return self._cache.records
+
+    @property
     def _bound_writer(self) -> BackgroundWriter:
         if self._writer is None:
             self._writer = BackgroundWriter.get()
@@ -431,9 +397,7 @@ class SessionCore(Session):  # type: ignore[misc]
     def __repr__(self) -> str:
         where = self._store.where if self._store is not None else "memory"
         key = "set" if self._auth_key is not None and self._auth_key.key else "none"
-        return (
-            f"<{type(self).__name__} {where} dc_id={self._dc_id} auth_key={key} entities_cached={len(self._entities)}>"
-        )
+        return f"<{type(self).__name__} {where} dc_id={self._dc_id} auth_key={key} entities_cached={len(self._cache)}>"
 
     # -- header ---------------------------------------------------------------------
 
@@ -483,11 +447,12 @@ class SessionCore(Session):  # type: ignore[misc]
 
     def set_update_state(self, entity_id: int, state: types.updates.State) -> None:
         old = self._states.get(entity_id)
-        if old is not None and _same_state(old, state, entity_id):
+        if old is not None and rows.same_state(old, state, entity_id):
             return
         self._states[entity_id] = state
         self._dirty_states.add(entity_id)
-        self._schedule_flush()
+        if self._state_handle is None:
+            self._state_handle = self._arm(self._states_due - time.monotonic(), True)
 
     def get_update_states(self) -> list[tuple[int, types.updates.State]]:
         return list(self._states.items())
@@ -497,284 +462,128 @@ class SessionCore(Session):  # type: ignore[misc]
     def process_entities(self, tlo: Any) -> None:
         if not self.save_entities:
             return
-        dirty_before = len(self._dirty_entities)
-        funcs = _ROW_FUNCS
-        entities = self._entities
-        for e in _collect(tlo):
-            func = funcs.get(type(e), _generic_row)
-            row = func(e)
-            if row is None:
-                continue
-            values = row[1:]
-            old = entities.get(row[0])
-            if old != values:
-                self._put(row[0], values, old)
-        if len(self._dirty_entities) != dirty_before:
-            self._schedule_flush()
-
-    def _put(self, eid: int, values: _Values, old: _Values | None, *, dirty: bool = True) -> None:
-        """Store ``values`` for ``eid`` and keep the indexes right (the newest owner wins)."""
-        self._entities[eid] = values
-        if dirty:
-            self._dirty_entities.add(eid)
-        _, username, phone, name = values
-        if old is not None:
-            _, old_username, old_phone, old_name = old
-            if old_username and old_username != username and self._by_username.get(old_username) == eid:
-                del self._by_username[old_username]
-            if old_phone and old_phone != phone and self._by_phone.get(old_phone) == eid:
-                del self._by_phone[old_phone]
-            if old_name and old_name != name:
-                owners = self._by_name.get(old_name)
-                if owners is not None:
-                    owners.pop(eid, None)
-                    if not owners:
-                        del self._by_name[old_name]
-        if username:
-            prev = self._by_username.get(username)
-            if prev != eid:
-                if prev is not None and dirty:
-                    self._clear_field(prev, 1)
-                if prev is None or dirty:
-                    self._by_username[username] = eid
-        if phone:
-            prev = self._by_phone.get(phone)
-            if prev != eid:
-                if prev is not None and dirty:
-                    self._clear_field(prev, 2)
-                if prev is None or dirty:
-                    self._by_phone[phone] = eid
-        if name:
-            owners = self._by_name.setdefault(name, {})
-            if dirty or not owners:
-                owners.pop(eid, None)
-                owners[eid] = None
-            else:
-                # A row loaded from the store is older than what we saw ourselves.
-                items = {eid: None}
-                items.update(owners)
-                self._by_name[name] = items
-
-    def _clear_field(self, eid: int, index: int) -> None:
-        """A username or phone moved to another entity: forget it on the old owner."""
-        values = self._entities.get(eid)
-        if values is None:
-            return
-        h, username, phone, name = values
-        self._entities[eid] = (h, None, phone, name) if index == 1 else (h, username, None, name)
-        self._dirty_entities.add(eid)
-
-    def _lookup(self, field: str, value: str) -> tuple[int, _Values] | None:
-        if field == "username":
-            eid = self._by_username.get(value)
-        elif field == "phone":
-            eid = self._by_phone.get(value)
-        else:
-            owners = self._by_name.get(value)
-            eid = next(reversed(owners)) if owners else None
-        if eid is not None:
-            return eid, self._entities[eid]
-        return self._load(("f", field, value), lambda s: s.find_entity(field, value))
-
-    def _lookup_ids(self, ids: Sequence[int]) -> tuple[int, _Values] | None:
-        """The first of ``ids`` that exists in memory or in the store (order is preference)."""
-        entities = self._entities
-        unknown: list[int] = []  # preferred ids that only the store can rule out
-        for eid in ids:
-            values = entities.get(eid)
-            if values is not None:
-                # A less preferred id in memory must not shadow a preferred one in the store
-                # (a bare id that is a user there and a channel here); ask once, then it is cached.
-                if unknown:
-                    found = self._load_ids(unknown)
-                    if found is not None:
-                        return found
-                return eid, values
-            if self._store is not None and not self._deleted and ("i", (eid,)) not in self._misses:
-                unknown.append(eid)
-        return self._load_ids(unknown) if unknown else None
-
-    def _load_ids(self, ids: Sequence[int]) -> tuple[int, _Values] | None:
-        """Ask the store for the first of ``ids``; every id before the answer is cached as a miss."""
-        store = self._store
-        assert store is not None
-        try:
-            row = store.find_entity_by_ids(ids)
-        except Exception as exc:  # noqa: BLE001 - a failed lookup is a miss, never a crash
-            log.warning("entity lookup in %s failed (%s); treating it as a miss", store.where, type(exc).__name__)
-            return None
-        for eid in ids:
-            if row is not None and eid == row.id:
-                break
-            self._misses.add(("i", (eid,)))
-        return self._adopt(row) if row is not None else None
-
-    def _load(self, miss_key: tuple[Any, ...], query: Any) -> tuple[int, _Values] | None:
-        store = self._store
-        if store is None or self._deleted or miss_key in self._misses:
-            return None
-        try:
-            row: EntityRow | None = query(store)
-        except Exception as exc:  # noqa: BLE001 - a failed lookup is a miss, never a crash
-            log.warning("entity lookup in %s failed (%s); treating it as a miss", store.where, type(exc).__name__)
-            return None
-        if row is None:
-            self._misses.add(miss_key)
-            return None
-        return self._adopt(row)
-
-    def _adopt(self, row: EntityRow) -> tuple[int, _Values]:
-        """Keep a row read from the store in memory, unless memory has the entity already (it is newer)."""
-        current = self._entities.get(row.id)
-        if current is not None:
-            return row.id, current
-        values: _Values = (row.hash, row.username, row.phone, row.name)
-        self._put(row.id, values, None, dirty=False)
-        return row.id, values
+        cache = self._cache
+        grown = cache.absorb(rows.collect(tlo))
+        if cache.dirty and self._flush_handle is None:
+            self._flush_handle = self._arm(self._flush_interval, False)
+        cache.use(grown)
 
     def get_input_entity(self, key: Any) -> Any:
-        kind = type(key)
-        if kind is int:
-            exact = key < 0
-        elif kind is str:
-            exact = True
-        else:
-            try:
-                if key.SUBCLASS_OF_ID in _INPUT_SUBCLASSES:
-                    return key
-                return utils.get_input_peer(key)
-            except (AttributeError, TypeError):
-                if isinstance(key, TLObject):
-                    key = utils.get_peer_id(key)
-                    exact = True
-                else:
-                    exact = not isinstance(key, int) or key < 0
-
-        result: tuple[int, _Values] | None = None
-        if isinstance(key, str):
-            phone = utils.parse_phone(key)
-            if phone:
-                result = self._lookup("phone", phone)
-            else:
-                username, invite = utils.parse_username(key)
-                if username and not invite:
-                    result = self._lookup("username", username)
-                else:
-                    tup = utils.resolve_invite_link(key)[1]
-                    if tup:
-                        result = self._lookup_ids(self._candidate_ids(tup))
-            if result is None:
-                result = self._lookup("name", key)
-        elif isinstance(key, int):
-            values = self._entities.get(key)
-            if values is not None:
-                result = (key, values)
-            elif exact:
-                result = self._lookup_ids((key,))
-            else:
-                result = self._lookup_ids(self._candidate_ids(key))
-
-        if result is None:
-            raise ValueError("Could not find input entity with key ", key)
-        return _input_peer(result[0], result[1][0])
-
-    @staticmethod
-    def _candidate_ids(bare: int) -> tuple[int, ...]:
-        # A bare positive id is a user first (as in the Bot API), then a chat, then a channel.
-        ids = (
-            utils.get_peer_id(types.PeerUser(bare)),
-            utils.get_peer_id(types.PeerChat(bare)),
-            utils.get_peer_id(types.PeerChannel(bare)),
-        )
-        return tuple(dict.fromkeys(ids))
+        if type(key) is int:
+            records = self._cache.records
+            rec = records.pop(key, None)
+            if rec is not None:
+                records[key] = rec  # now the most recent
+                if key > 0:
+                    return types.InputPeerUser(key, access_hash(rec))
+                return rows.input_peer(key, access_hash(rec))
+        return self._resolver.input_entity(key)
 
     # -- sent files ------------------------------------------------------------------
 
     def cache_file(self, md5_digest: bytes, file_size: int, instance: Any) -> None:
         if not isinstance(instance, (types.InputDocument, types.InputPhoto)):
             raise TypeError(f"Cannot cache {type(instance)} instance")
-        key: FileKey = (md5_digest, file_size, _file_type(type(instance)))
-        value = (instance.id, instance.access_hash)
-        if self._files.get(key) != value:
-            self._files[key] = value
-            self._dirty_files.add(key)
-            self._schedule_flush()
+        self.put_file((md5_digest, file_size, rows.file_type(type(instance))), (instance.id, instance.access_hash))
 
     def get_file(self, md5_digest: bytes, file_size: int, cls: Any) -> Any:
-        key: FileKey = (md5_digest, file_size, _file_type(cls))
+        key: FileKey = (md5_digest, file_size, rows.file_type(cls))
         value = self._files.get(key)
         if value is None:
-            store = self._store
-            if store is None or self._deleted or ("file", key) in self._misses:
-                return None
-            try:
-                value = store.find_file(key)
-            except Exception as exc:  # noqa: BLE001 - a failed lookup is a miss
-                log.warning("sent-file lookup in %s failed (%s)", store.where, type(exc).__name__)
-                return None
+            value = self._resolver.find_file(key)
             if value is None:
-                self._misses.add(("file", key))
                 return None
             self._files[key] = value
+            self._trim_files()
         # Telethon's own backends call cls(id, hash) and fail: file_reference is required.
         return cls(id=value[0], access_hash=value[1], file_reference=b"")
 
+    def _trim_files(self) -> None:
+        """Keep at most :data:`MAX_FILES` sent files in memory (the oldest stored ones go; the store has them)."""
+        files = self._files
+        if self._store is None or len(files) <= MAX_FILES:
+            return
+        pinned = set(self._dirty_files).union(*(h.files for h in self._cache.handed if not h.written))
+        excess = len(files) - MAX_FILES + MAX_FILES // 4
+        drop = [key for key in itertools.islice(files, excess + len(pinned)) if key not in pinned]
+        for key in drop[:excess]:
+            del files[key]
+
     # -- persistence -------------------------------------------------------------------
 
-    def _schedule_flush(self) -> None:
-        if self._store is None or self._flush_handle is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not in a loop: save() or close() will hand the changes over
-        self._flush_handle = loop.call_later(self._flush_interval, self._flush_from_timer)
-
-    def _flush_from_timer(self) -> None:
-        self._flush_handle = None
-        self._submit_changes()
-
-    def _take_changes(self) -> Changes | None:
-        if not (self._dirty_entities or self._dirty_states or self._dirty_files):
-            return None
-        now = int(time.time())
-        entities = self._entities
-        changes = Changes(
-            entities={eid: EntityRow(eid, *entities[eid], now) for eid in self._dirty_entities},
-            states={sid: self._states[sid] for sid in self._dirty_states},
-            files={k: self._files[k] for k in self._dirty_files},
-        )
-        self._dirty_entities = set()
-        self._dirty_states = set()
-        self._dirty_files = set()
-        return changes
-
-    def _submit_changes(self) -> None:
+    def _arm(self, delay: float, states: bool) -> asyncio.TimerHandle | None:
+        """A timer on the running loop that hands the changes over in ``delay`` seconds (``None`` without a loop)."""
         if self._store is None or self._deleted:
+            return None
+        # asyncio exports _get_running_loop (it is in asyncio.__all__): the loop or None, where
+        # get_running_loop() raises, which would cost every call made outside a loop.
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return None  # not in a loop: save() or close() will hand the changes over
+        return loop.call_later(max(0.0, delay), self._on_timer, states)
+
+    def _on_timer(self, states: bool) -> None:
+        if states:
+            self._state_handle = None
+        else:
+            self._flush_handle = None
+        self._hand_over(states=states or time.monotonic() >= self._states_due)
+
+    def _hand_over(self, *, states: bool) -> None:
+        """Give the changed records to the writer: swap the sets of changes for empty ones (constant time)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        store = self._store
+        if store is None or self._deleted:
             return
-        changes = self._take_changes()
-        if changes is not None:
-            self._bound_writer.submit(self._store, changes)
+        cache = self._cache
+        handed_states: set[int] = _NOTHING  # type: ignore[assignment]
+        if states and self._dirty_states:
+            handed_states, self._dirty_states = self._dirty_states, set()
+            self._states_due = time.monotonic() + self._state_flush_interval
+            if self._state_handle is not None:
+                self._state_handle.cancel()
+                self._state_handle = None
+        if not (cache.dirty or self._dirty_files or handed_states):
+            return
+        handoff = Handoff(self, cache.dirty, handed_states, self._dirty_files)
+        cache.dirty, self._dirty_files = [], set()
+        cache.handed = [h for h in cache.handed if not h.written]
+        cache.handed.append(handoff)
+        self._bound_writer.submit(store, handoff)
+
+    def _refuse_if_deleted(self, store: Store) -> bool:
+        """``True`` for a deleted session; raises if something was changed since (it would be lost)."""
+        if not self._deleted:
+            return False
+        if self._header() != EMPTY_HEADER or self._cache.dirty or self._dirty_states or self._dirty_files:
+            raise SessionClosedError(
+                f"{store.where} was deleted, so this session is closed or deleted and writes nothing more; "
+                "what was set after delete() is not stored (open a new session to log in again)"
+            )
+        return True
 
     def save(self) -> None:
         """Write the auth key, DC and takeout id through; hand everything else to the writer.
 
         Returns once a changed auth key, DC or takeout id is durable in the store.
-        Entities, update states and sent files are written behind, within the
-        flush interval, without waiting for the network here.
+        Entities, update states and sent files are handed to the background writer in
+        constant time and written behind, without waiting for the network here.
+
+        :raises SessionStoreError: if the header cannot be written (it stays pending).
+        :raises SessionClosedError: after :meth:`delete`, if anything was set since
+            (an auth key, a DC, entities...): a deleted session writes nothing more.
         """
         store = self._store
-        if store is None or self._deleted:
+        if store is None or self._refuse_if_deleted(store):
             return
         header = self._header()
         if header != self._persisted or self._rewrite_header:
             store.write_session(header)
             self._persisted = header
             self._rewrite_header = False
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._submit_changes()
+        self._hand_over(states=True)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Save, then wait up to ``timeout`` seconds until the writer has stored everything.
@@ -802,10 +611,11 @@ class SessionCore(Session):  # type: ignore[misc]
         """Flush what is left (waiting at most ``close_timeout``) and release the store.
 
         The session stays usable: Telethon calls ``close()`` on disconnect and
-        may connect again.
+        may connect again. After :meth:`delete` it raises like :meth:`save` if
+        anything was set since, and does nothing otherwise.
         """
         store = self._store
-        if store is None or self._deleted:
+        if store is None or self._refuse_if_deleted(store):
             return
         try:
             if not self.flush():
@@ -814,20 +624,32 @@ class SessionCore(Session):  # type: ignore[misc]
             store.close()  # also when the last save() fails (a damaged file): the lock is released
 
     def delete(self) -> bool:
-        """Remove every stored record of this session (Telethon calls this on ``log_out()``)."""
+        """Remove every stored record of this session (Telethon calls this on ``log_out()``).
+
+        Afterwards the session is empty (no auth key, DC, entities, states or files)
+        and writes nothing more: ``save()``, ``flush()`` and ``close()`` do nothing, or
+        raise :class:`SessionClosedError` if something was set since (an auth key must
+        never vanish without an error).
+        """
+        for handle in (self._flush_handle, self._state_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._state_handle = None
         store = self._store
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._dirty_entities.clear()
-        self._dirty_states.clear()
-        self._dirty_files.clear()
         if store is None:
+            self._cache.dirty.clear()
+            self._dirty_states.clear()
+            self._dirty_files.clear()
             return True
         self._bound_writer.discard(store)
         store.delete()
         self._deleted = True
+        self._resolver.store = None
+        self._dc_id, self._server_address, self._port, self._auth_key, self._takeout_id = 0, None, None, None, None
         self._persisted = EMPTY_HEADER
+        self._cache.clear()
+        self._states, self._files = {}, {}
+        self._dirty_states, self._dirty_files = set(), set()
         return True
 
     def reset(self) -> None:
@@ -837,10 +659,12 @@ class SessionCore(Session):  # type: ignore[misc]
         after ``delete()``), as if the object had just been created. Used to replace a
         session in place (``copy_session(..., overwrite=True)``).
         """
+        self._cache.clear()
         SessionCore.__init__(
             self,
             self._store,
             flush_interval=self._flush_interval,
+            state_flush_interval=self._state_flush_interval,
             close_timeout=self._close_timeout,
             writer=self._writer,
         )
@@ -868,7 +692,7 @@ class SessionCore(Session):  # type: ignore[misc]
         """Every entity of the session: the stored ones, overlaid with what is in memory."""
         now = int(time.time())
         seen: set[int] = set()
-        for eid, values in self._entities.items():
+        for eid, values in self._cache:
             seen.add(eid)
             yield EntityRow(eid, *values, now)
         if self._store is not None and not self._deleted:
@@ -878,25 +702,31 @@ class SessionCore(Session):  # type: ignore[misc]
 
     def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
         """Every cached sent file as ``(key, (id, access_hash))``."""
-        seen = set(self._files)
-        yield from self._files.items()
+        files = dict(self._files)
+        yield from files.items()
         if self._store is not None and not self._deleted:
             for key, value in self._store.iter_files():
-                if key not in seen:
+                if key not in files:
                     yield key, value
 
     def put_entity_rows(self, rows: Iterable[EntityRow]) -> None:
         """Add entity rows as they are (migration); they are written behind like any change."""
+        cache = self._cache
+        size = len(cache)
         for row in rows:
-            values: _Values = (row.hash, row.username, row.phone, row.name)
-            old = self._entities.get(row.id)
-            if old != values:
-                self._put(row.id, values, old)
-        self._schedule_flush()
+            values: Values = (row.hash, row.username, row.phone, row.name)
+            old = cache.records.get(row.id)
+            if old is None or decode(old) != values:
+                cache.put(row.id, values, old)
+        if cache.dirty and self._flush_handle is None:
+            self._flush_handle = self._arm(self._flush_interval, False)
+        cache.use(len(cache) - size)
 
     def put_file(self, key: FileKey, value: tuple[int, int]) -> None:
         """Add a sent-file record as it is (migration)."""
         if self._files.get(key) != value:
             self._files[key] = value
             self._dirty_files.add(key)
-            self._schedule_flush()
+            self._trim_files()
+            if self._flush_handle is None:
+                self._flush_handle = self._arm(self._flush_interval, False)

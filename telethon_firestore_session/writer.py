@@ -1,9 +1,11 @@
 """The one background writer that serves every session of the process.
 
-Sessions hand it :class:`~telethon_firestore_session._core.Changes`; it merges
-them per store (the newest value of a record wins), writes them from one daemon
-thread, retries failures with exponential backoff, and never raises into the
-caller. ``flush()`` waits, with a bound, until a store's changes are written.
+Sessions hand it batches of changes in constant time (a session swaps its sets of
+changed records for empty ones and hands the old ones over); the writer's daemon
+thread turns them into :class:`~telethon_firestore_session.core.Changes`, merges
+successive batches per store (the newest value of a record wins), writes them,
+retries failures with exponential backoff, and never raises into the caller.
+``flush()`` waits, with a bound, until a store's changes are written.
 A store whose writes keep raising :class:`~telethon_firestore_session.errors.SessionCorruptError`
 (a damaged file) is given up after ``give_up_after`` attempts: its changes are dropped
 and counted, and ``flush()`` of it returns ``False``.
@@ -12,12 +14,13 @@ and counted, and ``flush()`` of it returns ``False``.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from .errors import SessionCorruptError
 
@@ -27,6 +30,26 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundWriter", "WriterStats"]
 
 log = logging.getLogger("telethon_firestore_session.writer")
+
+
+class Batch(Protocol):
+    """What sessions hand to the writer: built into ``Changes`` on the writer's thread."""
+
+    def build(self) -> Changes:
+        """The records to write (called once, on the writer's thread)."""
+
+    def done(self) -> None:
+        """Called once the records are stored."""
+
+    def __len__(self) -> int: ...
+
+
+class Periodic(Protocol):
+    """Something the writer's thread calls about every ``interval`` seconds (lease renewal, probes)."""
+
+    where: str
+
+    def periodic(self) -> None: ...
 
 
 class WriterStats:
@@ -73,7 +96,12 @@ class BackgroundWriter:
     """Writes sessions' changes behind, from a single daemon thread.
 
     ``interval`` is how long the thread waits between periodic calls of
-    ``Store.periodic()`` (lease renewal); writes start as soon as they are submitted.
+    ``Store.periodic()`` (lease renewal). ``submit()`` runs on the event loop
+    (``save()``, the flush timer), so it takes no lock and wakes no thread: a lock that
+    the writer's thread holds while it waits for the GIL, or waking that thread (a
+    system call that can take a millisecond on a virtual machine), would stall the
+    loop. It appends to an inbox (``deque.append`` is atomic); the thread takes the
+    inbox every ``poll`` seconds, and at once when :meth:`flush` wakes it.
     """
 
     _instance: ClassVar[BackgroundWriter | None] = None
@@ -85,20 +113,25 @@ class BackgroundWriter:
         self,
         *,
         interval: float = 5.0,
+        poll: float = 0.5,
         min_backoff: float = 0.2,
         max_backoff: float = 30.0,
         name: str = "telethon-session-writer",
     ) -> None:
         self._interval = interval
+        self._poll = poll
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._name = name
         self._cond = threading.Condition()
-        self._pending: dict[Store, Changes] = {}
+        #: What ``submit()`` hands over, without a lock; moved into ``_pending`` by ``_take_inbox()``.
+        self._inbox: collections.deque[tuple[Store, Batch]] = collections.deque()
+        #: Per store: batches not yet built, or (after a failed write) the built changes first.
+        self._pending: dict[Store, list[Batch]] = {}
         self._attempts: dict[Store, int] = {}
         self._retry_at: dict[Store, float] = {}
         self._in_flight: set[Store] = set()
-        self._periodic: dict[Store, None] = {}
+        self._periodic: dict[Periodic, None] = {}
         # Given up (damaged): until written again, discarded, or no longer used by anyone.
         self._failed: weakref.WeakKeyDictionary[Store, None] = weakref.WeakKeyDictionary()
         self._thread: threading.Thread | None = None
@@ -127,20 +160,28 @@ class BackgroundWriter:
 
     # -- API used by sessions -----------------------------------------------------------
 
-    def submit(self, store: Store, changes: Changes) -> None:
-        """Queue ``changes`` for ``store``. Never blocks on I/O, never raises."""
-        with self._cond:
-            current = self._pending.get(store)
-            if current is None:
-                self._pending[store] = changes
-            else:
-                current.merge(changes)
-            self._ensure_thread()
-            self._cond.notify_all()
+    def submit(self, store: Store, batch: Batch) -> None:
+        """Queue ``batch`` (``Changes``, or a session's hand-off) for ``store``. Constant time; never raises.
+
+        It is written within ``poll`` seconds (sooner if someone calls :meth:`flush`).
+        """
+        self._inbox.append((store, batch))
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            with self._cond:
+                self._ensure_thread()
+
+    def _take_inbox(self) -> None:
+        """Move what was submitted into ``_pending``, in order (call with ``_cond`` held)."""
+        inbox = self._inbox
+        while inbox:
+            store, batch = inbox.popleft()
+            self._pending.setdefault(store, []).append(batch)
 
     def discard(self, store: Store) -> None:
         """Drop whatever is queued for ``store`` (it is being deleted) and wait for an in-flight write."""
         with self._cond:
+            self._take_inbox()
             self._pending.pop(store, None)
             self._attempts.pop(store, None)
             self._retry_at.pop(store, None)
@@ -150,16 +191,16 @@ class BackgroundWriter:
             while store in self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(0.05)
 
-    def register_periodic(self, store: Store) -> None:
-        """Call ``store.periodic()`` about every ``interval`` seconds until unregistered."""
+    def register_periodic(self, task: Periodic) -> None:
+        """Call ``task.periodic()`` about every ``interval`` seconds until unregistered."""
         with self._cond:
-            self._periodic[store] = None
+            self._periodic[task] = None
             self._ensure_thread()
             self._cond.notify_all()
 
-    def unregister_periodic(self, store: Store) -> None:
+    def unregister_periodic(self, task: Periodic) -> None:
         with self._cond:
-            self._periodic.pop(store, None)
+            self._periodic.pop(task, None)
 
     def flush(self, store: Store | None = None, timeout: float = 10.0) -> bool:
         """Wait until ``store``'s changes (or all, for ``None``) are written; ``False`` on timeout.
@@ -174,6 +215,7 @@ class BackgroundWriter:
                     self._retry_at[s] = 0.0
             self._cond.notify_all()
             while True:
+                self._take_inbox()
                 busy = (
                     bool(self._pending or self._in_flight)
                     if store is None
@@ -188,14 +230,13 @@ class BackgroundWriter:
 
     def pending_records(self, store: Store | None = None) -> int:
         with self._cond:
-            if store is not None:
-                c = self._pending.get(store)
-                return len(c) if c is not None else 0
-            return sum(len(c) for c in self._pending.values())
+            self._take_inbox()
+            queues = [self._pending.get(store, [])] if store is not None else list(self._pending.values())
+            return sum(len(b) for q in queues for b in q)
 
     def stats(self) -> WriterStats:
+        depth = self.pending_records()
         with self._cond:
-            depth = sum(len(c) for c in self._pending.values())
             failed = tuple(s.where for s in self._failed)
             return WriterStats(
                 depth,
@@ -215,19 +256,20 @@ class BackgroundWriter:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
-    def _next_ready(self) -> tuple[Store, Changes] | None:
+    def _next_ready(self) -> tuple[Store, list[Batch]] | None:
+        self._take_inbox()
         now = time.monotonic()
         for store in self._pending:
             if store not in self._in_flight and self._retry_at.get(store, 0.0) <= now:
-                changes = self._pending.pop(store)
+                batches = self._pending.pop(store)
                 self._in_flight.add(store)
-                return store, changes
+                return store, batches
         return None
 
     def _wait_time(self) -> float:
         now = time.monotonic()
         times = [self._retry_at.get(s, 0.0) - now for s in self._pending if s not in self._in_flight]
-        times.append(self._interval)
+        times.append(min(self._interval, self._poll))  # new batches are looked for every poll seconds
         return max(0.01, min(times))
 
     def _run(self) -> None:
@@ -253,8 +295,12 @@ class BackgroundWriter:
                     except Exception as exc:  # noqa: BLE001 - never let one store stop the thread
                         log.warning("periodic task of %s failed: %s", store.where, type(exc).__name__)
 
-    def _write(self, store: Store, changes: Changes) -> None:
+    def _write(self, store: Store, batches: list[Batch]) -> None:
+        changes: Changes | None = None
         try:
+            changes = batches[0].build()
+            for batch in batches[1:]:
+                changes.merge(batch.build())  # newer values win
             store.write_changes(changes)
         except Exception as exc:  # noqa: BLE001 - the writer never raises; it retries
             with self._cond:
@@ -263,8 +309,10 @@ class BackgroundWriter:
                 attempt = self._attempts.get(store, 0) + 1
                 self._attempts[store] = attempt
                 if isinstance(exc, SessionCorruptError) and (attempt >= self.give_up_after or store in self._failed):
-                    newer = self._pending.pop(store, None)
-                    dropped = len(changes) + (len(newer) if newer is not None else 0)
+                    newer = self._pending.pop(store, [])
+                    dropped = sum(map(len, batches)) + sum(map(len, newer))
+                    for batch in (*batches, *newer):
+                        batch.done()  # dropped: their entities are no longer pinned in memory
                     self.dropped_records += dropped
                     self._failed[store] = None
                     self._attempts.pop(store, None)
@@ -281,21 +329,22 @@ class BackgroundWriter:
                     return
                 backoff = min(self._max_backoff, self._min_backoff * (2 ** (attempt - 1)))
                 self._retry_at[store] = time.monotonic() + backoff
-                newer = self._pending.get(store)
-                if newer is not None:
-                    changes.merge(newer)  # newer values win over the failed ones
-                self._pending[store] = changes
+                # Built once: the records stay as they were read, newer batches come after them.
+                failed: list[Batch] = batches if changes is None else [_Built(changes, batches)]
+                self._pending[store] = [*failed, *self._pending.get(store, [])]
                 self._in_flight.discard(store)
                 self._cond.notify_all()
             log.warning(
                 "writing %d records of %s failed (%s, attempt %d); retrying in %.1fs",
-                len(changes),
+                sum(map(len, batches)),
                 store.where,
                 type(exc).__name__,
                 attempt,
                 backoff,
             )
             return
+        for batch in batches:
+            batch.done()
         with self._cond:
             self.written_records += len(changes)
             self.flushes += 1
@@ -315,6 +364,24 @@ class BackgroundWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, timeout))
         return done
+
+
+class _Built:
+    """Changes already built from ``batches`` (kept after a failed write, so they are built once)."""
+
+    def __init__(self, changes: Changes, batches: list[Batch]) -> None:
+        self.changes = changes
+        self.batches = batches
+
+    def build(self) -> Changes:
+        return self.changes
+
+    def done(self) -> None:
+        for batch in self.batches:
+            batch.done()
+
+    def __len__(self) -> int:
+        return len(self.changes)
 
 
 def _flush_at_exit() -> None:

@@ -82,6 +82,17 @@ def firestore_client(emulator: Emulator) -> Iterator[Any]:
 
 
 @pytest.fixture
+def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
+    """The emulator, paused for the test body where it calls ``emulator.pause()``; always resumed."""
+    if emulator.process is None:
+        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
+    try:
+        yield emulator
+    finally:
+        emulator.resume()
+
+
+@pytest.fixture
 def bot_id() -> str:
     return f"bot-{uuid.uuid4().hex[:10]}"
 
@@ -117,17 +128,6 @@ def old() -> SessionCipher:
 def new() -> SessionCipher:
     """The rotated cipher: the new key, still opening the old one."""
     return new_cipher()
-
-
-@pytest.fixture
-def paused(emulator: Emulator, firestore_client: Any) -> Iterator[Emulator]:
-    """The emulator, for a test body that pauses it (``paused.pause()``); always resumed afterwards."""
-    if emulator.process is None:
-        pytest.skip("needs an emulator started by the test suite (unset FIRESTORE_EMULATOR_HOST) to pause it")
-    try:
-        yield emulator
-    finally:
-        emulator.resume()
 
 
 #: A test using one of these is slow: it pauses the emulator (and waits for timeouts by design),

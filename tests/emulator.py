@@ -78,8 +78,11 @@ class Emulator:
         return f"http://{self.host}"
 
     @classmethod
-    def start(cls, jar: str, timeout: float = 60.0, rules: str | None = None) -> Emulator:
-        """Start the jar; ``rules`` is a security rules file to enforce (none: every request allowed)."""
+    def start(cls, jar: str, timeout: float = 60.0, rules: str | None = None, heap: str = "1g") -> Emulator:
+        """Start the jar; ``rules`` is a security rules file to enforce (none: every request allowed).
+
+        ``heap`` is the JVM's maximum heap: the emulator keeps every document in it.
+        """
         java = shutil.which("java")
         if java is None:
             raise RuntimeError("java is not on PATH; the Firestore emulator needs a Java runtime (17+)")
@@ -90,7 +93,7 @@ class Emulator:
             [
                 java,
                 "-Duser.language=en",
-                "-Xmx1g",
+                f"-Xmx{heap}",
                 "-cp",
                 jar,
                 MAIN_CLASS,

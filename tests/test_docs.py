@@ -193,7 +193,8 @@ def test_the_api_reference_documents_every_exported_name(site: Path) -> None:
     assert missing == [], f"exported by the package root but not in the API reference (no docstring?): {missing}"
     index = html.unescape((site / "reference" / "index.html").read_text(encoding="utf-8"))
     assert "telethon_firestore_session.__version__" in index
-    for module in ("testing", "firestore", "sqlite", "manager", "config", "crypto", "errors", "migrate"):
+    modules = ("testing", "firestore", "sqlite", "manager", "config", "crypto", "errors", "migrate", "entities")
+    for module in modules:
         assert f"telethon_firestore_session.{module}" in documented, f"no reference page for the {module} module"
 
 

@@ -17,6 +17,7 @@ from telethon_firestore_session import (
     FirestoreSession,
     InvalidSessionIdError,
     SchemaVersionError,
+    SessionClosedError,
     SessionCorruptError,
     SessionStoreError,
 )
@@ -129,8 +130,8 @@ def test_commits_never_exceed_500_writes(
     s.process_entities(users(n))
     s.save()
     assert s.flush(30)
-    assert s.store.writes == n + 1  # entities + the session document
-    assert s.store.commits == 3  # 500 + 500 + 202
+    assert s.store.writes == n  # the entities (save() wrote the session document through)
+    assert s.store.commits == 3  # 500 + 500 + 201
     assert max(commit_sizes) == 500
     count = firestore_client.collection(f"bots/{bot_id}/user_sessions/42/entities").count().get()[0][0].value
     assert count == n
@@ -276,9 +277,11 @@ def test_delete_removes_document_and_subcollections(firestore_client: Any, bot_i
     assert list(firestore_client.collection(base + "/entities").limit(1).stream()) == []
     assert list(firestore_client.collection(base + "/sent_files").limit(1).stream()) == []
     assert firestore_client.document(f"bots/{bot_id}/user_sessions/43").get().exists
-    # Nothing comes back from the writer after the delete.
-    s.process_entities(users(2, start=5000))
+    # Nothing comes back from the writer after the delete, and nothing new is taken silently.
     s.save()
+    s.process_entities(users(2, start=5000))
+    with pytest.raises(SessionClosedError, match="deleted"):
+        s.save()
     assert BackgroundWriter.get().flush(None, 10)
     assert not firestore_client.document(base).get().exists
 
@@ -366,7 +369,17 @@ def test_lookup_while_firestore_is_away_is_a_bounded_uncached_miss(
     with pytest.raises(ValueError, match="Could not find"):
         fresh.get_input_entity("later")
     assert time.perf_counter() - start < 5
+    breaker = fresh.store.breaker
+    assert breaker is not None and breaker.open
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="Could not find"):
+        fresh.get_input_entity("later")  # the breaker answers at once
+    assert time.perf_counter() - start < 0.1
     paused.resume()
+    deadline = time.monotonic() + 30
+    while breaker.open and time.monotonic() < deadline:
+        time.sleep(0.1)  # the writer's thread probes Firestore every few seconds
+    assert not breaker.open
     assert fresh.get_input_entity("later") == types.InputPeerUser(77, 77 * 7)
 
 

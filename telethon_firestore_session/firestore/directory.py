@@ -102,13 +102,20 @@ class FirestoreDirectory(SessionDirectory):
         return session_document(self.client, self.key(user_id))
 
     def open_session(
-        self, user_id: str, *, flush_interval: float, close_timeout: float, lease: FirestoreLease | None = None
+        self,
+        user_id: str,
+        *,
+        flush_interval: float,
+        close_timeout: float,
+        state_flush_interval: float = 60.0,
+        lease: FirestoreLease | None = None,
     ) -> SessionCore:
         session = FirestoreSession(
             user_id,
             bot_id=self.bot_id,
             client=self.client,
             flush_interval=flush_interval,
+            state_flush_interval=state_flush_interval,
             close_timeout=close_timeout,
             rpc_timeout=self.rpc_timeout,
             cipher=self.cipher,

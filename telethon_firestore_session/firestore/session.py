@@ -87,12 +87,19 @@ class FirestoreSession(SessionCore):
     * The session document is read once, when the object is created, so the
       client starts with the stored auth key and DC.
     * ``save()`` returns after a changed auth key, DC or takeout id is stored.
-    * Entities, update states and sent files are written behind by one
-      process-wide background writer, within ``flush_interval`` seconds of the
-      change (batched, at most 500 writes per commit, retried with backoff).
+    * Entities and sent files are written behind by one process-wide background
+      writer, within ``flush_interval`` seconds of the change (batched, at most 500
+      writes per commit, retried with backoff). Update states go with ``save()``
+      (Telethon calls it every minute and on disconnect) or after
+      ``state_flush_interval`` seconds: the session document is written at most
+      about once a minute, never for entities alone.
     * ``close()`` flushes, waiting at most ``close_timeout`` seconds.
     * Entities not in memory are looked up lazily (one point read or one query,
-      bounded by ``lookup_timeout``); the answer is cached, misses included.
+      bounded by ``lookup_timeout``); the answer is cached, misses included. The
+      lookup runs on the caller's thread (the event loop), so the default is 1 s:
+      far above a healthy read (tens of milliseconds), short enough that a stall is
+      brief. After a lookup fails, lookups answer "not found" at once until a
+      background probe reaches Firestore again (see :mod:`..breaker`).
 
     Encryption at rest (``cipher``): the auth key is sealed on its way into
     Firestore and opened when the session is created; a plaintext one, or one
@@ -127,9 +134,10 @@ class FirestoreSession(SessionCore):
         client: firestore.Client | None = None,
         project: str | None = None,
         flush_interval: float = 5.0,
+        state_flush_interval: float = 60.0,
         close_timeout: float = 10.0,
         rpc_timeout: float = 10.0,
-        lookup_timeout: float = 2.0,
+        lookup_timeout: float = 1.0,
         cipher: SessionCipher | None = None,
         encrypt_pii: bool = False,
     ) -> None:
@@ -150,7 +158,12 @@ class FirestoreSession(SessionCore):
         # Kept under its old name too: tests/contract, tests/test_migrate.py,
         # tests/test_firestore_encryption.py and benchmarks/bench_sessions.py read it.
         self._firestore = store
-        super().__init__(store, flush_interval=flush_interval, close_timeout=close_timeout)
+        super().__init__(
+            store,
+            flush_interval=flush_interval,
+            state_flush_interval=state_flush_interval,
+            close_timeout=close_timeout,
+        )
 
     @property
     def store(self) -> FirestoreStore:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from telethon_firestore_session.breaker import LookupBreaker
 from telethon_firestore_session.core import Changes, EntityRow, FileKey, SessionHeader, Store, StoredSession
 from telethon_firestore_session.errors import (
     ConfigError,
@@ -63,6 +64,7 @@ class FirestoreStore(Store):
 
     Every call is bounded by ``rpc_timeout`` (lazy lookups by ``lookup_timeout``),
     retries included. Sealing goes through :class:`~telethon_firestore_session.sealing.Sealer`.
+    Stores on one client share one :class:`~telethon_firestore_session.breaker.LookupBreaker`.
     """
 
     def __init__(
@@ -71,7 +73,7 @@ class FirestoreStore(Store):
         client: firestore.Client,
         *,
         rpc_timeout: float = 10.0,
-        lookup_timeout: float = 2.0,
+        lookup_timeout: float = 1.0,
         cipher: SessionCipher | None = None,
         encrypt_pii: bool = False,
     ) -> None:
@@ -79,6 +81,7 @@ class FirestoreStore(Store):
         self.client = client
         self.doc = session_document(client, key)
         self.where = where(self.doc)
+        self.breaker = LookupBreaker.shared(client, f"firestore:{client.project}")
         self.sealer = Sealer(key, self.where, cipher, encrypt_pii=encrypt_pii, record="document")
         self.cipher = cipher
         self.encrypt_pii = encrypt_pii
@@ -187,18 +190,23 @@ class FirestoreStore(Store):
                 raise SessionInUseError(self.where, lost_to.holder if lost_to else None)
         self._exists = True
 
-    def change_writes(self, changes: Changes, header: SessionHeader | None = None) -> Iterator[Write]:
+    def change_writes(
+        self, changes: Changes, header: SessionHeader | None = None, *, touch: bool = False
+    ) -> Iterator[Write]:
         """The document writes that store ``changes`` (and ``header``, if given), session document first.
 
-        The session document is merged (times, ``update_states``, the header); entity
-        and sent-file documents are replaced whole, sealed as this store seals them.
+        The session document is merged (times, ``update_states``, the header) when
+        there are update states or a header to write, when it does not exist yet, or
+        with ``touch`` (so writes of entities alone cost no session-document write);
+        entity and sent-file documents are replaced whole, sealed as this store seals them.
         Nothing is written: commit them with :func:`.layout.commit_in_chunks` (as
         :meth:`write_changes` does) or in a caller's own batches.
         """
-        session = self._header_fields(header) if header is not None else touch_fields(created=not self._exists)
-        if changes.states:
-            session["update_states"] = states_field(changes.states)
-        yield Write(self.doc, "merge", session)
+        if touch or header is not None or changes.states or not self._exists:
+            session = self._header_fields(header) if header is not None else touch_fields(created=not self._exists)
+            if changes.states:
+                session["update_states"] = states_field(changes.states)
+            yield Write(self.doc, "merge", session)
         entities = self.doc.collection(ENTITIES)
         for row in changes.entities.values():
             yield Write(entities.document(str(row.id)), "set", entity_fields(row, self.sealer))
@@ -208,7 +216,8 @@ class FirestoreStore(Store):
 
     def write_changes(self, changes: Changes) -> None:
         if self.fence is not None:
-            sizes = self.fence.commit(self.change_writes(changes), self._call)
+            # The session document comes first: the lease's commit turns it into its guard write.
+            sizes = self.fence.commit(self.change_writes(changes, touch=True), self._call)
             if sizes is None:  # never retried: the session belongs to another holder now
                 log.warning("%s: dropped %d records: this instance lost the lease", self.where, len(changes))
                 return

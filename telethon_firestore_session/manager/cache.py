@@ -92,6 +92,7 @@ class CacheSettings(Protocol):
     max_active_clients: int
     idle_timeout: float
     flush_interval: float
+    state_flush_interval: float
     flush_timeout: float
     housekeeping_interval: float
     holder_id: str
@@ -245,6 +246,7 @@ class ClientCache:
                 self._directory.open_session,
                 uid,
                 flush_interval=settings.flush_interval,
+                state_flush_interval=settings.state_flush_interval,
                 close_timeout=min(settings.flush_timeout, 1.0),
                 lease=lease,
             )

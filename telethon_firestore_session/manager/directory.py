@@ -223,7 +223,13 @@ class SessionDirectory(abc.ABC):
 
     @abc.abstractmethod
     def open_session(
-        self, user_id: str, *, flush_interval: float, close_timeout: float, lease: FirestoreLease | None = None
+        self,
+        user_id: str,
+        *,
+        flush_interval: float,
+        close_timeout: float,
+        state_flush_interval: float = 60.0,
+        lease: FirestoreLease | None = None,
     ) -> SessionCore:
         """Open (load) the user's Telethon session. May create an empty one.
 

@@ -1,4 +1,4 @@
-"""The manager's health check: a bounded backend round trip, the background writer, the leases."""
+"""The manager's health check: a backend round trip, the writer, the leases, lookups and the entity cache."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import datetime
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from telethon_firestore_session.breaker import LookupBreaker
+from telethon_firestore_session.entities import EntityBudget
 from telethon_firestore_session.writer import BackgroundWriter
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ class HealthCheck:
                 report["error"] = f"backend round trip failed: {type(exc).__name__}"
             report["writer"] = self._writer(problems)
             report["leases"] = self._leases(problems)
+            report["lookups"] = self._lookups(problems)
+            report["entity_cache"] = EntityBudget.get().stats()
             report["problems"] = problems
             if report["error"] is None:
                 report["status"] = "degraded" if problems else "healthy"
@@ -93,6 +97,15 @@ class HealthCheck:
             "failed_stores": list(stats.failed_stores),
             "dropped_records": stats.dropped_records,
         }
+
+    @staticmethod
+    def _lookups(problems: list[str]) -> dict[str, Any]:
+        """The lookup breakers of the process (:mod:`telethon_firestore_session.breaker`) that ever tripped."""
+        breakers = LookupBreaker.states()
+        for b in breakers:
+            if b["open"]:
+                problems.append(f"lookups in {b['where']} answer 'not found' ({b['last_error']}, {b['open_for']}s)")
+        return {"open": sum(1 for b in breakers if b["open"]), "breakers": breakers}
 
     def _leases(self, problems: list[str]) -> dict[str, Any]:
         states = [lease.state() for lease in self._cache.leases]

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from telethon import TelegramClient, utils
 
 from telethon_firestore_session.config import open_directory
+from telethon_firestore_session.entities import EntityBudget
 from telethon_firestore_session.errors import ConfigError, SessionClosedError
 from telethon_firestore_session.firestore.lease import DEFAULT_LEASE_TTL, make_holder_id
 from telethon_firestore_session.ids import validate_id
@@ -124,7 +125,9 @@ class UserSessionManager(Lifecycle):
     :param idle_timeout: seconds after which an unused client is disconnected.
     :param lease_ttl: seconds a Firestore lease lasts without renewal (renewed every third).
     :param login_timeout: seconds a pending login (the code sent by ``begin_login``) stays valid.
-    :param flush_interval: the sessions' write-behind interval.
+    :param flush_interval: the sessions' write-behind interval (entities, sent files);
+        ``state_flush_interval`` that of update states (Telethon's ``save()`` writes them too).
+    :param entity_cache_mb: sets the process-wide entity memory budget (``EntityBudget``), in MiB.
     :param flush_timeout: how long closing a client waits for its session to be written.
     :param rpc_timeout: deadline of each Firestore call made by the directory and sessions.
     :param health_timeout: the bound on :meth:`health_check`'s backend round trip.
@@ -153,6 +156,8 @@ class UserSessionManager(Lifecycle):
         lease_ttl: float = DEFAULT_LEASE_TTL,
         login_timeout: float = 600.0,
         flush_interval: float = 5.0,
+        state_flush_interval: float = 60.0,
+        entity_cache_mb: float | None = None,
         flush_timeout: float = 10.0,
         rpc_timeout: float = 10.0,
         health_timeout: float = 5.0,
@@ -167,6 +172,7 @@ class UserSessionManager(Lifecycle):
             lease_ttl=lease_ttl,
             login_timeout=login_timeout,
             flush_timeout=flush_timeout,
+            state_flush_interval=state_flush_interval,
             health_timeout=health_timeout,
             shutdown_timeout=shutdown_timeout,
         )
@@ -195,6 +201,9 @@ class UserSessionManager(Lifecycle):
         self.lease_ttl = lease_ttl
         self.login_timeout = login_timeout
         self.flush_interval = flush_interval
+        self.state_flush_interval = state_flush_interval
+        if entity_cache_mb is not None:
+            EntityBudget.get().limit_mb = entity_cache_mb
         self.flush_timeout = flush_timeout
         self.health_timeout = health_timeout
         self.holder_id = holder_id or make_holder_id()
@@ -554,7 +563,12 @@ def create_user_session_manager_from_config(config: SessionConfig | None = None,
     owns_config = config is None
     if config is None:
         config = SessionConfig.from_env()
-    kwargs: dict[str, Any] = {"api_id": config.api_id, "api_hash": config.api_hash}
+    kwargs: dict[str, Any] = {
+        "api_id": config.api_id,
+        "api_hash": config.api_hash,
+        "state_flush_interval": config.state_flush_interval,
+        "entity_cache_mb": config.entity_cache_mb,
+    }
     if config.render and config.instance_id:
         kwargs["holder_id"] = config.holder_id()  # Render's instance id in place of the container's host name
     kwargs.update(options)

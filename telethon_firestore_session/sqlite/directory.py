@@ -146,7 +146,13 @@ class SQLiteDirectory(SessionDirectory):
     # -- the interface -----------------------------------------------------------------------
 
     def open_session(
-        self, user_id: str, *, flush_interval: float, close_timeout: float, lease: FirestoreLease | None = None
+        self,
+        user_id: str,
+        *,
+        flush_interval: float,
+        close_timeout: float,
+        state_flush_interval: float = 60.0,
+        lease: FirestoreLease | None = None,
     ) -> SessionCore:
         return ScopedSQLiteSession(
             user_id,
@@ -155,6 +161,7 @@ class SQLiteDirectory(SessionDirectory):
             cipher=self.cipher,
             encrypt_pii=self.encrypt_pii,
             flush_interval=flush_interval,
+            state_flush_interval=state_flush_interval,
             close_timeout=close_timeout,
         )
 

@@ -68,8 +68,9 @@ class ScopedSQLiteSession(SessionCore):
       up lazily with indexed queries, so start-up does not grow with their number).
     * ``save()`` returns after a changed auth key, DC or takeout id is committed and
       fsynced. Otherwise it only hands records to the background writer: no disk I/O.
-    * Entities, update states and sent files are written behind within
-      ``flush_interval`` seconds, one transaction per flush.
+    * Entities and sent files are written behind within ``flush_interval`` seconds,
+      one transaction per flush; update states with ``save()`` (Telethon calls it
+      every minute and on disconnect) or after ``state_flush_interval`` seconds.
     * ``close()`` flushes (waiting at most ``close_timeout``), closes the file and
       releases the lock. Using the session again re-opens the file and takes the lock.
 
@@ -110,13 +111,19 @@ class ScopedSQLiteSession(SessionCore):
         cipher: SessionCipher | None = None,
         encrypt_pii: bool = False,
         flush_interval: float = 5.0,
+        state_flush_interval: float = 60.0,
         close_timeout: float = 10.0,
     ) -> None:
         key = user_id if isinstance(user_id, BotSessionKey) else SessionKey(bot_id, user_id)
         self.key = key
         store = SQLiteStore(key, sessions_dir, cipher=cipher, encrypt_pii=encrypt_pii)
         self._sqlite = store
-        super().__init__(store, flush_interval=flush_interval, close_timeout=close_timeout)
+        super().__init__(
+            store,
+            flush_interval=flush_interval,
+            state_flush_interval=state_flush_interval,
+            close_timeout=close_timeout,
+        )
 
     @property
     def user_id(self) -> str:

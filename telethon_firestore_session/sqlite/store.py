@@ -382,6 +382,12 @@ class SQLiteStore(Store):
     def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
         return (item for _, item in schema.paged(self._file_page))
 
+    def probe(self) -> None:
+        """Read through the open connection; a closed file passes (its next use opens it and takes its lock)."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.conn.execute("select 1 from sessions limit 1").fetchall()
+
     # -- writing -----------------------------------------------------------------------------
 
     def write_session(self, header: SessionHeader) -> None:
