@@ -1,6 +1,6 @@
 """A bot that gives each of its users their own Telegram client, logged in from chat.
 
-Run it with the variables of the README's environment table, for example::
+Run it with the variables of the documentation's configuration page, for example::
 
     BOT_ID=mybot_local BOT_TOKEN=123:ABC API_ID=12345 API_HASH=0123456789abcdef0123456789abcdef \
         python examples/bot.py

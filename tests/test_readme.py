@@ -1,19 +1,14 @@
-"""The README's promises about itself: its set-up commands, and every Python example in it runs.
+"""The README is the landing page: its set-up commands, its size, its links into the site, and its examples.
 
-Each ```python block in README.md is preceded by a marker comment that says how it is checked:
-
-* ``<!-- readme-test: local -->``: run in a fresh process, in an empty directory, with no
-  Render, Firestore or encryption variables set (the local default);
-* ``<!-- readme-test: firestore -->``: the same, with the test emulator in ``FIRESTORE_EMULATOR_HOST``;
-* ``<!-- readme-test: same-as PATH -->``: the block appears verbatim in ``PATH`` (which other tests run);
-* ``<!-- readme-test: skip REASON -->``: not run, for the reason given.
-
-A block without a marker fails the suite, so a new example cannot go untested by accident.
+Its Python examples are checked with the documentation's (``tests/test_docs.py``: each block carries a
+``<!-- test: ... -->`` marker). Here: the two set-up commands come first and CI runs the same test
+command; the README stays short (PyPI shows it whole); every link into the documentation site is an
+absolute link under the Documentation URL of pyproject.toml (so it works on PyPI) to a page, and an
+anchor, that exist in ``docs/``; and the quickstart and the example bot the README points to run.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -25,24 +20,12 @@ from tests.common import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-_BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)^```", re.S | re.M)
-
-
-def _python_blocks() -> list[tuple[str, str, int]]:
-    blocks = []
-    for match in _BLOCK.finditer(README):
-        if match.group("lang") == "python":
-            line = README.count("\n", 0, match.start("code")) + 1
-            blocks.append((match.group("marker") or "", match.group("code"), line))
-    return blocks
-
-
-BLOCKS = _python_blocks()
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """No factory variables (the local default), and this checkout importable (for ``examples``)."""
-    return clean_env(PYTHONPATH=str(ROOT), **extra)
+_PYPROJECT = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+#: [project.urls] (tomllib is Python 3.11+): the site, and the repository.
+DOCS_URL = re.search(r'^Documentation = "(.+)"$', _PYPROJECT, flags=re.M)[1]  # type: ignore[index]
+SOURCE_URL = re.search(r'^Source = "(.+)"$', _PYPROJECT, flags=re.M)[1]  # type: ignore[index]
+#: Markdown links and bare <autolinks>.
+_LINK = re.compile(r"\]\((?P<a>[^)\s]+)\)|<(?P<b>https?://[^>\s]+)>")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -57,58 +40,68 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     )
 
 
+def _clean_env(**extra: str) -> dict[str, str]:
+    """No factory variables (the local default), and this checkout importable (for ``examples``)."""
+    return clean_env(PYTHONPATH=str(ROOT), **extra)
+
+
 def test_the_readme_starts_with_two_set_up_commands() -> None:
     intro = README.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
     assert intro == [
         "pip install . && python examples/quickstart.py",
         "pip install -e '.[dev]' && python -m pytest",
     ]
+    assert README.index("```bash\n") < README.index("```python")  # before any example
     test_command = intro[1].split(" && ", 1)[1]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci  # CI runs the README's own test command, as a line of its own
     assert any("pip install" in line and "-e '.[dev]'" in line for line in ci)  # ... after the same install
 
 
-def test_every_python_block_has_a_marker() -> None:
-    assert len(BLOCKS) >= 6
-    unmarked = [line for marker, _, line in BLOCKS if not marker]
-    assert unmarked == [], f"README.md python blocks without a readme-test marker at lines {unmarked}"
-    kinds = {marker.split()[0] for marker, _, _ in BLOCKS}
-    assert kinds <= {"local", "firestore", "same-as", "skip"}, kinds
+def test_the_readme_is_a_landing_page() -> None:
+    assert len(README) <= 10_000, f"README.md has {len(README)} characters: move the detail into docs/"
+    # One example per backend, each the same as the documentation's (which runs it).
+    examples = re.findall(r"<!-- test: (.*?) -->\n```python\n(.*?)^```", README, flags=re.S | re.M)
+    assert [marker for marker, _ in examples] == ["same-as docs/sessions.md"] * 2
+    assert "FirestoreSession(" in examples[0][1] and "ScopedSQLiteSession(" in examples[1][1]
+    assert "## Speed" in README and "## Features" in README
 
 
-@pytest.mark.parametrize(
-    ("code", "line"), [(c, n) for m, c, n in BLOCKS if m == "local"], ids=lambda v: str(v) if isinstance(v, int) else ""
-)
-@pytest.mark.slow
-def test_local_examples_run(code: str, line: int, tmp_path: Path) -> None:
-    proc = _run(["-c", code], tmp_path, _clean_env())
-    assert proc.returncode == 0, f"README.md line {line}:\n{proc.stderr[-3000:]}"
+def _anchors(page: Path) -> set[str]:
+    """The heading ids MkDocs gives a page (Python-Markdown's toc slugify, on the heading's text)."""
+    from markdown.extensions.toc import slugify  # MkDocs' own dependency (the docs extra)
+
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    ids: set[str] = set()
+    for heading in re.findall(r"^#{1,6} (.+?)\s*$", text, flags=re.M):
+        ids.add(slugify(re.sub(r"[`*]|\[([^]]*)\]\([^)]*\)", r"\1", heading), "-"))
+    return ids
 
 
-@pytest.mark.firestore
-@pytest.mark.parametrize(
-    ("code", "line"),
-    [(c, n) for m, c, n in BLOCKS if m == "firestore"],
-    ids=lambda v: str(v) if isinstance(v, int) else "",
-)
-@pytest.mark.slow
-def test_firestore_examples_run(code: str, line: int, tmp_path: Path, firestore_client: object) -> None:
-    env = _clean_env(
-        FIRESTORE_EMULATOR_HOST=os.environ["FIRESTORE_EMULATOR_HOST"],
-        GOOGLE_CLOUD_PROJECT=os.environ["GOOGLE_CLOUD_PROJECT"],
+def test_the_readme_links_into_the_site() -> None:
+    pytest.importorskip("markdown", reason="checking the links' anchors needs MkDocs: pip install -e '.[docs]'")
+    mkdocs = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert re.search(rf"^site_url: {re.escape(DOCS_URL.rstrip('/'))}/$", mkdocs, flags=re.M), (
+        "site_url != Documentation"
     )
-    proc = _run(["-c", code], tmp_path, env)
-    assert proc.returncode == 0, f"README.md line {line}:\n{proc.stderr[-3000:]}"
-    assert not (tmp_path / "sessions").exists()
-
-
-@pytest.mark.parametrize(
-    ("marker", "code"), [(m, c) for m, c, _ in BLOCKS if m.startswith("same-as ")], ids=lambda v: str(v)[:40]
-)
-def test_blocks_match_their_files(marker: str, code: str) -> None:
-    path = ROOT / marker.split(" ", 1)[1]
-    assert code in path.read_text(encoding="utf-8"), f"the README block differs from {path.name}"
+    links = [m.group("a") or m.group("b") for m in _LINK.finditer(README)]
+    into_site = [link for link in links if link.startswith(DOCS_URL)]
+    assert len(into_site) >= 15
+    for link in links:  # PyPI shows the README without the repository: every link is absolute
+        assert link.startswith(("https://", "http://")), f"relative link {link!r}: PyPI cannot follow it"
+        if link.startswith(("https://github.com/", SOURCE_URL)) and "/blob/main/" in link:
+            assert (ROOT / link.split("/blob/main/", 1)[1]).exists(), link
+    for link in into_site:
+        path, _, anchor = link[len(DOCS_URL) :].lstrip("/").partition("#")
+        assert path == "" or path.endswith("/"), f"{link}: MkDocs serves pages as directories (.../page/)"
+        page = ROOT / "docs" / (path.rstrip("/") or "index")
+        page = page / "index.md" if page.is_dir() else page.with_suffix(".md")
+        assert page.exists(), f"{link}: no page {page.relative_to(ROOT)}"
+        assert not anchor or anchor in _anchors(page), f"{link}: no heading #{anchor} in {page.relative_to(ROOT)}"
+    # Every guide page is reachable from the landing page.
+    guide = {p.stem for p in (ROOT / "docs").glob("*.md")} - {"index"}
+    linked = {link[len(DOCS_URL) :].strip("/").partition("#")[0].strip("/") for link in into_site}
+    assert guide <= linked, sorted(guide - linked)
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def _doctor_checks(env: Env) -> Iterator[Check]:
     try:
         config = env.config
     except ConfigError as exc:
-        yield Check("config", "fail", str(exc), f"set {exc.variable} (see the README's environment table)")
+        yield Check("config", "fail", str(exc), f"set {exc.variable} (see the documentation's configuration page)")
         return
     yield Check("config", "ok", f"backend={config.backend} bot_id={config.bot_id} ({config.backend_reason})")
     yield _check_encryption(env)
@@ -58,7 +58,7 @@ def _doctor_checks(env: Env) -> Iterator[Check]:
             "info",
             "this library bypasses security rules; the project's rules must deny client SDKs (web, mobile, REST) "
             "any access to the sessions",
-            f"deploy the rules that `{PROG} rules` prints (the README's Firestore security rules say how)",
+            f"deploy the rules that `{PROG} rules` prints (the documentation's security rules page says how)",
         )
     elif config.emulator_host or config.project:
         # Firestore is only needed for backup and restore here: its problems are warnings.
