@@ -33,7 +33,7 @@ from telethon_firestore_session.errors import (
     SessionStoreError,
 )
 from telethon_firestore_session.firestore import FirestoreSession, session_document
-from telethon_firestore_session.firestore.lease import FirestoreLease, make_holder_id, parse_lease
+from telethon_firestore_session.firestore.lease import FirestoreLease, make_holder_id, parse_lease, watch_handoffs
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.manager import LoginStatus, UserSessionManager
 
@@ -513,6 +513,36 @@ async def test_an_unreadable_document_stays_as_it_was(
 
 
 # -- hand-over between live instances ------------------------------------------------------------------
+
+
+@pytest.mark.firestore
+def test_the_handoff_listener_listens_again_when_its_stream_ends(firestore_client: Any, bot_id: str) -> None:
+    heard: list[str] = []
+    stop = watch_handoffs(_doc(firestore_client, bot_id).parent, "me", heard.append)
+    listener: Any = stop.__self__  # type: ignore[attr-defined]
+    try:
+        _doc(firestore_client, bot_id, "u1").set({"handoff": {"from": "me", "to": "other"}})
+        assert _wait(lambda: "u1" in heard)
+        # The server ends the stream (google-cloud-firestore's Watch then stops for good).
+        listener._watch.unsubscribe()
+        assert not listener._watch.is_active
+        _doc(firestore_client, bot_id, "u2").set({"handoff": {"from": "me", "to": "other"}})
+        listener.periodic()  # the writer's tick, at most `interval` seconds later
+        assert listener.restarts == 1 and listener._watch.is_active
+        assert _wait(lambda: "u2" in heard)
+    finally:
+        stop()
+    listener.periodic()
+    assert listener.restarts == 1 and not listener._watch.is_active  # stopped: it stays stopped
+
+
+def _wait(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.mark.firestore

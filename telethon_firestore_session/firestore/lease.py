@@ -549,12 +549,44 @@ def watch_handoffs(
                 except Exception:  # the listener's thread must survive anything
                     log.exception("handling a hand-over request for %s failed", change.document.id)
 
-    watch = collection.where(filter=FieldFilter("handoff.from", "==", holder)).on_snapshot(changed)
+    parent = collection.parent
+    where = f"firestore:{parent.path + '/' if parent is not None else ''}{collection.id}"
+    listener = _Listener(collection.where(filter=FieldFilter("handoff.from", "==", holder)), changed, where)
+    return listener.stop
 
-    def stop() -> None:
-        watch.unsubscribe()  # type: ignore[no-untyped-call]
 
-    return stop
+class _Listener:
+    """A query listener that listens again when its stream ends (checked from the writer's periodic tick).
+
+    google-cloud-firestore's ``Watch`` stops for good when the server ends its stream
+    with an error it does not retry (``Cancelled``, for example) and raises that error in
+    a thread of its own; without this, hand-over requests would go unheard from then on.
+    """
+
+    def __init__(self, query: Any, callback: Callable[..., None], where: str) -> None:
+        self.where = where
+        self._query = query
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.restarts = 0
+        self._watch = query.on_snapshot(callback)
+        BackgroundWriter.get().register_periodic(self)
+
+    def periodic(self) -> None:
+        with self._lock:
+            if self._stopped or self._watch.is_active:
+                return
+            log.warning("the hand-over listener of %s stopped; listening again", self.where)
+            self._watch.unsubscribe()
+            self._watch = self._query.on_snapshot(self._callback)
+            self.restarts += 1
+
+    def stop(self) -> None:
+        BackgroundWriter.get().unregister_periodic(self)
+        with self._lock:
+            self._stopped = True
+            self._watch.unsubscribe()
 
 
 def open_bot_session(
