@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 import telethon_firestore_session
-from tests.common import clean_env
+from tests.common import child_env, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -71,23 +71,6 @@ def _of(kind: str) -> list[Block]:
     return [b for b in BLOCKS if b.marker.split(" ", 1)[0] == kind]
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-W", "error", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """No factory variables (the local default), and this checkout importable (for ``examples``)."""
-    return clean_env(PYTHONPATH=str(ROOT), **extra)
-
-
 def test_every_python_block_is_found_and_marked() -> None:
     for path in PAGES:
         text = path.read_text(encoding="utf-8")
@@ -105,20 +88,20 @@ def test_every_python_block_is_found_and_marked() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", _of("local"), ids=str)
-def test_local_examples_run(block: Block, tmp_path: Path) -> None:
-    proc = _run(["-c", block.code], tmp_path, _env())
+def test_local_examplesrun_python(block: Block, tmp_path: Path) -> None:
+    proc = run_python(["-c", block.code], tmp_path, child_env())
     assert proc.returncode == 0, f"{block}:\n{proc.stderr[-3000:]}"
 
 
 @pytest.mark.slow
 @pytest.mark.firestore
 @pytest.mark.parametrize("block", _of("firestore"), ids=str)
-def test_firestore_examples_run(block: Block, tmp_path: Path, firestore_client: object) -> None:
-    env = _env(
+def test_firestore_examplesrun_python(block: Block, tmp_path: Path, firestore_client: object) -> None:
+    env = child_env(
         FIRESTORE_EMULATOR_HOST=os.environ["FIRESTORE_EMULATOR_HOST"],
         GOOGLE_CLOUD_PROJECT=os.environ["GOOGLE_CLOUD_PROJECT"],
     )
-    proc = _run(["-c", block.code], tmp_path, env)
+    proc = run_python(["-c", block.code], tmp_path, env)
     assert proc.returncode == 0, f"{block}:\n{proc.stderr[-3000:]}"
     assert not (tmp_path / "sessions").exists()
 
@@ -128,7 +111,9 @@ def test_firestore_examples_run(block: Block, tmp_path: Path, firestore_client: 
 def test_test_module_examples_pass(block: Block, tmp_path: Path) -> None:
     (tmp_path / "test_example.py").write_text(block.code, encoding="utf-8")
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "--rootdir", str(tmp_path)]
-    proc = _run([*args, "-c", os.devnull, "-o", "asyncio_default_fixture_loop_scope=function"], tmp_path, _env())
+    proc = run_python(
+        [*args, "-c", os.devnull, "-o", "asyncio_default_fixture_loop_scope=function"], tmp_path, child_env()
+    )
     assert proc.returncode == 0, f"{block}:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}"
     assert re.search(r"^\d+ passed", proc.stdout.splitlines()[-1]), proc.stdout[-500:]
 

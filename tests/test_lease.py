@@ -37,6 +37,7 @@ from telethon_firestore_session.firestore.lease import FirestoreLease, make_hold
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.manager import LoginStatus, UserSessionManager
 
+from .common import wait_for
 from .telegram_double import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -522,27 +523,18 @@ def test_the_handoff_listener_listens_again_when_its_stream_ends(firestore_clien
     listener: Any = stop.__self__  # type: ignore[attr-defined]
     try:
         _doc(firestore_client, bot_id, "u1").set({"handoff": {"from": "me", "to": "other"}})
-        assert _wait(lambda: "u1" in heard)
+        assert wait_for(lambda: "u1" in heard)
         # The server ends the stream (google-cloud-firestore's Watch then stops for good).
         listener._watch.unsubscribe()
         assert not listener._watch.is_active
         _doc(firestore_client, bot_id, "u2").set({"handoff": {"from": "me", "to": "other"}})
         listener.periodic()  # the writer's tick, at most `interval` seconds later
         assert listener.restarts == 1 and listener._watch.is_active
-        assert _wait(lambda: "u2" in heard)
+        assert wait_for(lambda: "u2" in heard)
     finally:
         stop()
     listener.periodic()
     assert listener.restarts == 1 and not listener._watch.is_active  # stopped: it stays stopped
-
-
-def _wait(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.firestore

@@ -10,13 +10,11 @@ anchor, that exist in ``docs/``; and the quickstart and the example bot the READ
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.common import clean_env
+from tests.common import child_env, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -26,23 +24,6 @@ DOCS_URL = re.search(r'^Documentation = "(.+)"$', _PYPROJECT, flags=re.M)[1]  # 
 SOURCE_URL = re.search(r'^Source = "(.+)"$', _PYPROJECT, flags=re.M)[1]  # type: ignore[index]
 #: Markdown links and bare <autolinks>.
 _LINK = re.compile(r"\]\((?P<a>[^)\s]+)\)|<(?P<b>https?://[^>\s]+)>")
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-W", "error", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """No factory variables (the local default), and this checkout importable (for ``examples``)."""
-    return clean_env(PYTHONPATH=str(ROOT), **extra)
 
 
 def test_the_readme_starts_with_two_set_up_commands() -> None:
@@ -107,7 +88,7 @@ def test_the_readme_links_into_the_site() -> None:
 @pytest.mark.slow
 def test_quickstart_runs_twice_and_finds_its_session(tmp_path: Path) -> None:
     for _ in range(2):
-        proc = _run([str(ROOT / "examples" / "quickstart.py")], tmp_path, _clean_env())
+        proc = run_python([str(ROOT / "examples" / "quickstart.py")], tmp_path, child_env())
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr == ""
         assert "backend: sqlite" in proc.stdout
@@ -118,8 +99,8 @@ def test_quickstart_runs_twice_and_finds_its_session(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_example_bot_fails_at_start_up_on_bad_settings(tmp_path: Path) -> None:
     bot = str(ROOT / "examples" / "bot.py")
-    proc = _run([bot], tmp_path, _clean_env(BOT_ID="mybot_local"))
+    proc = run_python([bot], tmp_path, child_env(BOT_ID="mybot_local"))
     assert proc.returncode == 1 and "set BOT_TOKEN, API_ID and API_HASH" in proc.stderr
-    proc = _run([bot], tmp_path, _clean_env(BOT_ID="mybot_local", API_ID="12ab", API_HASH="0" * 32))
+    proc = run_python([bot], tmp_path, child_env(BOT_ID="mybot_local", API_ID="12ab", API_HASH="0" * 32))
     assert proc.returncode == 1 and "ConfigError: API_ID: must be an integer" in proc.stderr
     assert not (tmp_path / "sessions").exists()

@@ -30,7 +30,7 @@ from telethon_firestore_session.core import Handoff, SessionCore
 from telethon_firestore_session.entities import MAX_MISSES, EntityBudget, decode, encode
 from telethon_firestore_session.testing import ENTITY_CASES, MISS, StoreProbe, answer, feed
 from telethon_firestore_session.testing.cases import AUTH_A
-from tests.common import Opener
+from tests.common import Opener, wait_for
 from tests.emulator import Emulator
 
 MiB = 2**20
@@ -69,15 +69,6 @@ def budget(monkeypatch: pytest.MonkeyPatch) -> EntityBudget:
     fresh = EntityBudget(limit_mb=1)
     monkeypatch.setattr(EntityBudget, "_instance", fresh)
     return fresh
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # -- records and the index ---------------------------------------------------------------------
