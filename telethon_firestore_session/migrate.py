@@ -1,11 +1,7 @@
 """Move sessions between backends without logging anyone in twice.
 
-:func:`copy_session` copies the DC, auth key, takeout id, update states, entities and
-sent-file cache of one Telethon session into another, ours or Telethon's own, and never
-clobbers a newer session: into an empty destination everything is copied (``"copied"``);
-into one holding the **same** auth key, only what it lacks or holds older (``"merged"``,
-or ``"unchanged"``); into one holding a **different** auth key, nothing (``"skipped"``)
-unless ``overwrite=True``, which first removes its records (``"replaced"``).
+:func:`copy_session` copies one Telethon session, ours or Telethon's own, into another and
+never clobbers a newer one (its docstring states the rules).
 
 The bulk importers (:func:`import_session_files`, :func:`import_string_session`, and
 :func:`import_snapshots` under both) copy many sessions into a :class:`Destination` and report
@@ -124,6 +120,7 @@ def read_session(session: Session | SessionSnapshot) -> SessionSnapshot:
     only yields its header and update states (``complete=False``): the abstract API
     cannot list entities.
 
+    :param session: the session (a snapshot is returned as it is).
     :raises SessionCorruptError: for an ``SQLiteSession`` whose file holds a sealed auth
         key or sealed entity fields (open it with ``ScopedSQLiteSession`` instead).
     """
@@ -150,6 +147,7 @@ def read_session(session: Session | SessionSnapshot) -> SessionSnapshot:
 def read_string_session(string: str) -> SessionSnapshot:
     """Read a Telethon ``StringSession`` string (DC, server address, port and auth key).
 
+    :param string: the text that ``StringSession.save()`` returns.
     :raises SessionCorruptError: if ``string`` is not a valid StringSession string.
     """
     try:
@@ -185,7 +183,11 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def write(self, header: SessionHeader | None, changes: Changes) -> None:
-        """Store the header (if given) and the records: durably, or queued in a batch whose commit decides."""
+        """Store the header and the records: durably, or queued in a batch whose commit decides.
+
+        :param header: the header, or ``None`` to keep the stored one.
+        :param changes: the records.
+        """
 
 
 def _row_to_tl(row: EntityRow) -> Any:
@@ -293,10 +295,15 @@ class _FileTarget(Target):
 
 @dataclasses.dataclass(frozen=True)
 class CopyReport:
-    """What :func:`copy_session` did.
+    """What :func:`copy_session` did. The counts are records written.
 
-    ``status`` is one of ``"copied"``, ``"merged"``, ``"unchanged"``, ``"replaced"`` or
-    ``"skipped"`` (then ``reason`` says why). The counts are records written.
+    :param status: ``"copied"``, ``"merged"``, ``"unchanged"``, ``"replaced"`` or ``"skipped"``.
+    :param reason: why it was skipped (or what the source could not give).
+    :param entities: entities written.
+    :param update_states: update states written.
+    :param files: sent files written.
+    :param header_written: the DC, auth key and takeout id were written.
+    :param fingerprint: the source's :func:`~telethon_firestore_session.core.auth_key_fingerprint`.
     """
 
     status: str
@@ -309,9 +316,11 @@ class CopyReport:
 
     @property
     def changed(self) -> bool:
+        """Something was written."""
         return self.status in (COPIED, MERGED, REPLACED)
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields by name (for JSON)."""
         return dataclasses.asdict(self)
 
 
@@ -330,7 +339,12 @@ def _entity_newer(src: EntityRow, dst: EntityRow | None) -> bool:
 
 
 def apply_snapshot(snap: SessionSnapshot, target: Target, overwrite: bool) -> CopyReport:
-    """Copy ``snap`` into ``target`` by the rules of :func:`copy_session` (the engine of every copy and import)."""
+    """Copy ``snap`` into ``target`` by the rules of :func:`copy_session` (the engine of every copy and import).
+
+    :param snap: the source.
+    :param target: the destination.
+    :param overwrite: replace a different login.
+    """
     fingerprint = snap.fingerprint
     if not snap.auth_key:
         return CopyReport(SKIPPED, _NO_AUTH_KEY)
@@ -394,20 +408,22 @@ def copy_session(
 ) -> CopyReport:
     """Copy DC, auth key, takeout id, update states, entities and sent files from ``src`` to ``dst``.
 
-    Either side may be one of our sessions or Telethon's ``MemorySession``,
-    ``SQLiteSession`` or ``StringSession`` (a ``StringSession`` only carries the DC and
-    auth key). Any other ``Session`` subclass works through the abstract API.
+    Never clobbers a newer session: into an empty ``dst`` everything is copied (``"copied"``); into
+    one holding the **same** auth key only what it lacks or holds older (``"merged"``, or
+    ``"unchanged"``: running it twice writes nothing the second time); into one holding a
+    **different** auth key nothing (``"skipped"``) unless ``overwrite=True``, which first removes
+    its records (``"replaced"``).
 
-    Never clobbers a newer session: when ``dst`` already holds a different auth key,
-    nothing is written and the report says ``"skipped"``, unless ``overwrite=True``,
-    which removes every record of ``dst`` first. With the same auth key the copy
-    merges: it adds missing records and never replaces newer ones, so running it
-    twice writes nothing the second time (``"unchanged"``).
+    Durability: when this returns, the records are stored: ours are saved and flushed, a Telethon
+    ``SQLiteSession`` is committed; ``dst`` is not closed. Blocks the calling thread (from async
+    code: ``asyncio.to_thread``).
 
-    Durability: when this returns, the records are stored: ours are saved and
-    flushed (waiting at most ``flush_timeout`` seconds), a Telethon ``SQLiteSession``
-    is committed. ``dst`` is not closed.
-
+    :param src: one of our sessions, Telethon's ``MemorySession``, ``SQLiteSession`` or
+        ``StringSession`` (only the DC and auth key), any other ``Session`` (through the
+        abstract API), or a snapshot.
+    :param dst: the destination, a session of any of those types.
+    :param overwrite: replace a different login.
+    :param flush_timeout: seconds to wait for our sessions' writes.
     :raises SessionStoreError: if the destination could not store everything in time.
     """
     if not isinstance(dst, Session):
@@ -426,12 +442,13 @@ def export_session_file(
 ) -> tuple[Path, CopyReport]:
     """Write ``src`` to a Telethon ``.session`` file that plain ``SQLiteSession`` opens.
 
-    A new file is created with mode 0600. If the file exists it is merged into
-    like any destination of :func:`copy_session` (same login: merged; a different
-    login: skipped unless ``overwrite``, which replaces its records); the result
-    replaces it atomically (mode 0600). Telethon appends ``.session`` to a name
-    without it, and so does this; the path written is returned.
+    A new file gets mode 0600; an existing one is merged into like any destination of
+    :func:`copy_session`, and replaced atomically.
 
+    :param src: one of our sessions, Telethon's, or a snapshot.
+    :param path: the file; ``.session`` is appended to a name without it, as Telethon does.
+    :param overwrite: replace a different login in an existing file.
+    :returns: the path written, and what was copied.
     :raises SessionCorruptError: if the file exists and is not a plain Telethon session
         (it is not modified).
     """
@@ -448,6 +465,7 @@ def export_string_session(src: Session | SessionSnapshot) -> str:
     A string session carries no entities, update states or takeout id. The result
     is a full login: keep it secret.
 
+    :param src: one of our sessions, Telethon's, or a snapshot.
     :raises ValueError: if ``src`` has no auth key or no server address.
     """
     snap = read_session(src)
@@ -466,7 +484,17 @@ def export_string_session(src: Session | SessionSnapshot) -> str:
 
 @dataclasses.dataclass
 class ImportItem:
-    """The outcome of one session in a bulk import."""
+    """The outcome of one session in a bulk import.
+
+    :param source: the source, as reported (a path, ``"string"``, a document).
+    :param user_id: the user it was imported as (``None`` if unknown).
+    :param status: as :class:`CopyReport`'s, or ``"failed"``.
+    :param reason: why it was skipped or failed.
+    :param entities: entities written.
+    :param update_states: update states written.
+    :param files: sent files written.
+    :param fingerprint: the source's auth key fingerprint.
+    """
 
     source: str
     user_id: str | None
@@ -479,7 +507,12 @@ class ImportItem:
 
     @classmethod
     def of(cls, source: str, user_id: str | None, report: CopyReport) -> ImportItem:
-        """The item of a copy that ran."""
+        """The item of a copy that ran.
+
+        :param source: the source.
+        :param user_id: the user.
+        :param report: the copy's report.
+        """
         r = report
         return cls(source, user_id, r.status, r.reason, r.entities, r.update_states, r.files, r.fingerprint)
 
@@ -487,10 +520,17 @@ class ImportItem:
     def failure(
         cls, source: str, user_id: str | None, exc: BaseException, fingerprint: str | None = None
     ) -> ImportItem:
-        """The item of a session that could not be read or written; the reason names the error."""
+        """The item of a session that could not be read or written; the reason names the error.
+
+        :param source: the source.
+        :param user_id: the user.
+        :param exc: the error.
+        :param fingerprint: the source's auth key fingerprint, if it was read.
+        """
         return cls(source, user_id, FAILED, f"{type(exc).__name__}: {exc}", fingerprint=fingerprint)
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields by name (for JSON)."""
         return dataclasses.asdict(self)
 
 
@@ -498,9 +538,12 @@ class ImportItem:
 class BulkReport:
     """What a bulk import did: one :class:`ImportItem` per source, and the write counts.
 
-    Items are added when their outcome is final: for a batched Firestore import,
-    once every write of that session is committed. ``commits`` and ``writes`` count
-    Firestore commits and document writes (0 for other destinations).
+    :param items: one per source, added when its outcome is final (for a batched
+        Firestore import: once every write of that session is committed).
+    :param commits: Firestore commits (0 for other destinations).
+    :param writes: Firestore document writes.
+    :param reads: Firestore document reads.
+    :param elapsed: seconds the import took.
     """
 
     items: list[ImportItem] = dataclasses.field(default_factory=list)
@@ -510,6 +553,7 @@ class BulkReport:
     elapsed: float = 0.0
 
     def counts(self) -> dict[str, int]:
+        """How many items of each status."""
         out: dict[str, int] = {}
         for item in self.items:
             out[item.status] = out.get(item.status, 0) + 1
@@ -517,13 +561,16 @@ class BulkReport:
 
     @property
     def failed(self) -> list[ImportItem]:
+        """The items that failed."""
         return [i for i in self.items if i.status == FAILED]
 
     @property
     def ok(self) -> bool:
+        """No item failed."""
         return not self.failed
 
     def as_dict(self) -> dict[str, Any]:
+        """The report for JSON: ``ok``, ``counts``, the write counts and the items."""
         return {
             "ok": self.ok,
             "counts": self.counts(),
@@ -544,21 +591,36 @@ class Destination(abc.ABC):
 
     @abc.abstractmethod
     def put(self, source: str, user_id: str, snapshot: SessionSnapshot, *, overwrite: bool) -> None:
-        """Apply ``snapshot`` to the session of ``user_id``; the outcome comes from :meth:`drain`."""
+        """Apply ``snapshot`` to the session of ``user_id``; the outcome comes from :meth:`drain`.
+
+        :param source: the source, for the report.
+        :param user_id: the user.
+        :param snapshot: the session to apply.
+        :param overwrite: replace a different login.
+        """
 
     @abc.abstractmethod
     def drain(self, *, final: bool = False) -> list[ImportItem]:
-        """Items whose outcome is now final. ``final=True`` commits whatever is pending."""
+        """Items whose outcome is now final.
+
+        :param final: commit whatever is pending first.
+        """
 
     def account(self, report: BulkReport) -> None:  # noqa: B027 - optional hook
-        """Add this destination's counters to ``report``."""
+        """Add this destination's counters to ``report``.
+
+        :param report: the import's report.
+        """
 
 
 class SessionDestination(Destination):
-    """Any session backend, one session at a time: ``opener(user_id)`` returns the session.
+    """Any session backend, one session at a time.
 
     Each session is copied with :func:`copy_session` and closed; its writes are
     durable before the next one starts.
+
+    :param opener: ``opener(user_id)`` returns the user's session.
+    :param flush_timeout: as in :func:`copy_session`.
     """
 
     def __init__(self, opener: Callable[[str], Session], *, flush_timeout: float = 30.0) -> None:
@@ -593,7 +655,10 @@ class SessionDestination(Destination):
 
 
 def user_id_from_filename(path: str | os.PathLike[str]) -> str:
-    """``user_123.session`` -> ``"123"`` (the original layout); ``alice.session`` -> ``"alice"``."""
+    """``user_123.session`` -> ``"123"`` (the original layout); ``alice.session`` -> ``"alice"``.
+
+    :param path: the file.
+    """
     stem = Path(path).name
     if stem.endswith(".session"):
         stem = stem[: -len(".session")]
@@ -603,7 +668,10 @@ def user_id_from_filename(path: str | os.PathLike[str]) -> str:
 
 
 def session_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The files to import: each file as given, and every ``*.session`` file directly in each directory."""
+    """The files to import: each file as given, and every ``*.session`` file directly in each directory.
+
+    :param paths: a file or directory, or a list of them.
+    """
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: list[Path] = []
     for item in items:
@@ -633,14 +701,17 @@ def import_snapshots(
 
     Each source is read only when its turn comes, so memory holds one session
     (plus, for Firestore, one batch of writes). A source that cannot be read or
-    written is reported as failed and the others go on. ``progress(done, total,
-    item)`` is called as each outcome becomes final. Pass ``report`` to have it
-    filled in as the import goes, so that it is complete up to the point where a
-    ``KeyboardInterrupt`` stopped it.
+    written is reported as failed and the others go on. Blocks the calling thread.
 
-    ``stop()`` is asked before each source: once it returns ``True`` no further
-    source is read, what is pending is committed, and the report covers exactly
-    the sessions handled (a graceful stop, e.g. on the first Ctrl-C).
+    :param sources: ``(description, user_id, read)`` each; ``read()`` returns the snapshot.
+    :param destination: where the sessions go.
+    :param total: how many sources there are, for ``progress``.
+    :param overwrite: replace a different login (see :func:`copy_session`).
+    :param progress: ``progress(done, total, item)``, called as each outcome becomes final.
+    :param report: filled in as the import goes, so it is complete up to a ``KeyboardInterrupt``.
+    :param stop: asked before each source: once it returns ``True`` no further source is
+        read, what is pending is committed, and the report covers exactly the sessions
+        handled (a graceful stop, e.g. on the first Ctrl-C).
     """
     report = report if report is not None else BulkReport()
     start = time.monotonic()
@@ -689,13 +760,18 @@ def import_session_files(
 ) -> BulkReport:
     """Import Telethon ``.session`` files: a file, a directory of them, or a list of either.
 
-    The user id comes from the file name (``user_123.session`` -> ``123``), or from
-    ``user_id`` for a single file. Files are read read-only and never modified. A
-    file that cannot be read is reported as failed and the others go on; fix it and
-    run the import again: sessions already imported come out ``"unchanged"``.
+    Files are read read-only and never modified. A file that cannot be read is reported
+    as failed and the others go on; fix it and run the import again: sessions already
+    imported come out ``"unchanged"``.
 
-    Pass ``report`` to have it filled in as the import goes (useful when the run
-    may be interrupted), and ``stop`` to end it early (see :func:`import_snapshots`).
+    :param paths: see :func:`session_files`.
+    :param destination: where the sessions go.
+    :param user_id: the user, for a single file; default from each file's name
+        (:func:`user_id_from_filename`).
+    :param overwrite: see :func:`import_snapshots`.
+    :param progress: see :func:`import_snapshots`.
+    :param report: see :func:`import_snapshots`.
+    :param stop: see :func:`import_snapshots`.
     """
     files = session_files(paths)
     if user_id is not None and len(files) != 1:
@@ -718,7 +794,14 @@ def import_string_session(
     overwrite: bool = False,
     report: BulkReport | None = None,
 ) -> BulkReport:
-    """Import one ``StringSession`` string as the session of ``user_id``."""
+    """Import one ``StringSession`` string as the session of ``user_id``.
+
+    :param string: the text that ``StringSession.save()`` returns.
+    :param user_id: the user.
+    :param destination: where the session goes.
+    :param overwrite: see :func:`import_snapshots`.
+    :param report: see :func:`import_snapshots`.
+    """
     return import_snapshots(
         [("string", user_id, functools.partial(read_string_session, string))],
         destination,
