@@ -82,8 +82,7 @@ class StoredSession:
 
     :param header: the DC, address, port, auth key and takeout id.
     :param update_states: the update states by entity id (0 for the account's own).
-    :param needs_rewrite: the stored header is not in its current form (plaintext or sealed
-        with an old key): the next ``save()`` writes it again even if nothing changed.
+    :param needs_rewrite: the stored header is plaintext or sealed with an old key: ``save()`` rewrites it.
     """
 
     header: SessionHeader = EMPTY_HEADER
@@ -128,6 +127,8 @@ def auth_key_fingerprint(key: bytes | None) -> str | None:
     """A short, non-reversible name for an auth key: the first 16 hex digits of its SHA-256.
 
     Safe to print and log; two sessions with the same fingerprint hold the same login.
+
+    :param key: the auth key's bytes, or ``None``.
     """
     if not key:
         return None
@@ -149,8 +150,7 @@ class SessionSnapshot:
     :param update_states: update states by entity id.
     :param entities: the cached entities.
     :param files: sent files, ``(id, access_hash)`` by key.
-    :param complete: ``False`` when the source could not list its entities and sent files
-        (an unknown third-party session type): only the header and update states were read.
+    :param complete: ``False`` if the source (an unknown session type) could not list entities and files.
     """
 
     dc_id: int = 0
