@@ -44,7 +44,7 @@ class LoginResult:
     """The outcome of :meth:`UserSessionManager.begin_login` or :meth:`~UserSessionManager.complete_login`.
 
     :param status: what the step did.
-    :param message: a sentence for the user (never a code, password or key).
+    :param message: a human-readable message (never a code, password or key).
     :param expires_at: ``CODE_SENT``: until when ``complete_login`` can finish this login.
     :param retry_after: ``FLOOD_WAIT``: seconds Telegram asks to wait.
     :param telegram_user_id: ``LOGGED_IN``/``ALREADY_LOGGED_IN``: the Telegram id of the account.
@@ -69,7 +69,7 @@ class UserSessionInfo:
     :param user_id: the user.
     :param registered_at: when the user was registered.
     :param last_active_at: when the user's session was last used.
-    :param logged_in: the session holds an auth key that logged in.
+    :param logged_in: logged in, as recorded at the last login or check.
     :param login_pending: a login was begun and not finished.
     :param custom_api: the user has their own ``api_id``/``api_hash``.
     :param active: this manager has the user's client open.

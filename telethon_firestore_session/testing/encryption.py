@@ -96,7 +96,7 @@ class StoredEntity:
     """One stored entity.
 
     :param hash: its access hash.
-    :param date: when it was stored (unix time).
+    :param date: the unix time it was last changed.
     :param fields: its sealable fields by name (``username``, ``phone``, ``name``).
     """
 
