@@ -1,15 +1,13 @@
 """The environment factory: one switch moves a bot between a laptop and Render.
 
-:meth:`SessionConfig.from_env` reads the variables of the original system
-(``USE_LOCAL_STORAGE``, ``BOT_ID``, ``BOT_TOKEN``, ``API_ID``, ``API_HASH``,
-``FIREBASE_PROJECT_ID``, ``FIREBASE_CREDENTIALS``) and the standard Google ones
-(``GOOGLE_CLOUD_PROJECT``, ``GOOGLE_APPLICATION_CREDENTIALS``,
-``FIRESTORE_EMULATOR_HOST``), plus ``SESSIONS_DIR``, the encryption settings
-(``SESSION_ENCRYPTION_KEY``, ``SESSION_ENCRYPTION_OLD_KEYS``, ``SESSION_ENCRYPT_PII``),
-and ``SESSION_STATE_FLUSH_INTERVAL`` and ``SESSION_ENTITY_CACHE_MB``.
-Every value is checked there, at start-up: a bad ``API_ID``, credentials that are
-not valid JSON, or Firestore without a project raise :class:`ConfigError` naming
-the variable, before any session is opened.
+:meth:`SessionConfig.from_env` reads the variables of the original system (``USE_LOCAL_STORAGE``,
+``BOT_ID``, ``BOT_TOKEN``, ``API_ID``, ``API_HASH``, ``FIREBASE_PROJECT_ID``, ``FIREBASE_CREDENTIALS``)
+and the standard Google ones (``GOOGLE_CLOUD_PROJECT``, ``GOOGLE_APPLICATION_CREDENTIALS``,
+``FIRESTORE_EMULATOR_HOST``), plus ``SESSIONS_DIR``, the encryption settings (``SESSION_ENCRYPTION_KEY``,
+``SESSION_ENCRYPTION_OLD_KEYS``, ``SESSION_ENCRYPT_PII``), ``SESSION_STATE_FLUSH_INTERVAL`` and
+``SESSION_ENTITY_CACHE_MB``. Every value is checked there, at start-up: a bad ``API_ID``, credentials
+that are not valid JSON, or Firestore without a project raise :class:`ConfigError` naming the
+variable, before any session is opened.
 
 Which backend:
 
@@ -152,6 +150,8 @@ def is_render(environ: Mapping[str, str] | None = None) -> bool:
 
     ``RENDER=false`` (or ``0``) alone does not count, so a local ``.env`` copied
     from a Render service can turn the detection off explicitly.
+
+    :param environ: the variables to read; default ``os.environ``.
     """
     env = os.environ if environ is None else environ
     render = _get(env, "RENDER")
@@ -247,12 +247,17 @@ def open_directory(
     """The :class:`~telethon_firestore_session.manager.directory.SessionDirectory` of one bot's sessions.
 
     What :class:`~telethon_firestore_session.manager.UserSessionManager` builds from
-    its ``backend=`` argument; :meth:`SessionConfig.directory` is the same for a
-    configuration. ``backend`` is ``"sqlite"`` (files under ``{sessions_dir}/{bot_id}/``)
-    or ``"firestore"``: ``firestore_client`` (a client, or a function that returns one,
-    called only for Firestore), else a client built from ``project``. The directory's
-    ``close()`` closes the client if ``owns_client`` (default: if it built the client).
+    its ``backend=`` argument; :meth:`SessionConfig.directory` is the same for a configuration.
 
+    :param backend: ``"sqlite"`` (files under ``{sessions_dir}/{bot_id}/``) or ``"firestore"``.
+    :param bot_id: the bot.
+    :param sessions_dir: the directory that holds a folder per bot (SQLite).
+    :param firestore_client: a client, or a function that returns one (called only for Firestore).
+    :param project: without ``firestore_client``, a client is built for this project.
+    :param cipher: seals the sessions (see :class:`~telethon_firestore_session.crypto.SessionCipher`).
+    :param encrypt_pii: also seal entity fields (needs ``cipher``).
+    :param rpc_timeout: seconds each Firestore call may take, retries included.
+    :param owns_client: the directory's ``close()`` closes the client; default: if it built it.
     :raises ConfigError: for an unknown ``backend``, or ``encrypt_pii`` without ``cipher``.
     :raises InvalidSessionIdError: for a ``bot_id`` that could escape its place.
     """
@@ -304,9 +309,8 @@ class SessionConfig:
     :param state_flush_interval: seconds between writes of the update states of a session
         (``SESSION_STATE_FLUSH_INTERVAL``; ``save()`` and ``close()`` write them too).
     :param entity_cache_mb: the process-wide memory budget of cached entities in MiB
-        (``SESSION_ENTITY_CACHE_MB``), set on
-        :class:`~telethon_firestore_session.entities.EntityBudget` when this configuration
-        opens a session or a manager; ``None`` leaves it as it is (32 MiB unless set).
+        (``SESSION_ENTITY_CACHE_MB``), set on :class:`~telethon_firestore_session.EntityBudget`
+        when this configuration opens a session or a manager; ``None`` leaves it (32 MiB unless set).
     :param render: the process runs on Render (see :func:`is_render`).
     :param instance_id: this instance (``RENDER_INSTANCE_ID``, else the host name).
     :param service_id: the Render service (``RENDER_SERVICE_ID``).
@@ -385,8 +389,9 @@ class SessionConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SessionConfig:
-        """Read and check the configuration from ``environ`` (default ``os.environ``).
+        """Read and check the configuration from the environment.
 
+        :param environ: the variables to read; default ``os.environ``.
         :raises ConfigError: naming the variable and what is expected, for a missing
             ``BOT_ID``, an ``API_ID`` that is not a positive integer, ``FIREBASE_CREDENTIALS``
             that is not a service-account JSON object, a ``GOOGLE_APPLICATION_CREDENTIALS``
@@ -514,7 +519,10 @@ class SessionConfig:
             EntityBudget.get().limit_mb = self.entity_cache_mb
 
     def create_session(self, user_id: str | int, **options: Any) -> FirestoreSession | ScopedSQLiteSession:
-        """The session of ``user_id`` in this configuration's backend; see :func:`create_session`."""
+        """The session of ``user_id`` in this configuration's backend; see :func:`create_session`.
+
+        :param user_id: the user.
+        """
         self.apply_entity_cache_budget()
         kwargs = {**self.session_options(), "state_flush_interval": self.state_flush_interval, **options}
         return self._backend().session(user_id, bot_id=self.bot_id, **kwargs)
@@ -522,7 +530,11 @@ class SessionConfig:
     def create_bot_session(
         self, *, handoff_timeout: float = 15.0, lease_ttl: float = 60.0, **options: Any
     ) -> FirestoreSession | ScopedSQLiteSession:
-        """The bot's own session in this configuration's backend; see :func:`create_bot_session`."""
+        """The bot's own session in this configuration's backend; see :func:`create_bot_session`.
+
+        :param handoff_timeout: see :func:`create_bot_session`.
+        :param lease_ttl: see :func:`create_bot_session`.
+        """
         kwargs = {**self.session_options(), **options}
         backend = self._backend()
         return backend.bot_session(
@@ -539,14 +551,12 @@ class SessionConfig:
     def directory(
         self, *, firestore_client: firestore.Client | None = None, rpc_timeout: float = 10.0, owns_client: bool = False
     ) -> SessionDirectory:
-        """The directory of this configuration's sessions: users, per-user records, cleanup.
+        """The blocking :class:`~telethon_firestore_session.manager.directory.SessionDirectory`
+        of this configuration's sessions (users, records, cleanup); see :func:`open_directory`.
 
-        The blocking interface that :class:`~telethon_firestore_session.manager.UserSessionManager`
-        is built on (:class:`~telethon_firestore_session.manager.directory.SessionDirectory`:
-        ``list_users()``, ``get_user()``, ``open_session()``, ``delete_user()``...), in
-        whichever backend this configuration chooses; see :func:`open_directory`. Firestore
-        uses ``firestore_client``, else :meth:`firestore_client`; with ``owns_client`` the
-        directory's ``close()`` closes that client.
+        :param firestore_client: the client Firestore uses; default :meth:`firestore_client`.
+        :param rpc_timeout: seconds each Firestore call may take, retries included.
+        :param owns_client: the directory's ``close()`` closes that client.
         """
         return open_directory(
             self.backend,
@@ -696,11 +706,12 @@ def create_session(
 ) -> FirestoreSession | ScopedSQLiteSession:
     """The session of ``user_id``, in the backend that the environment (or ``config``) chooses.
 
-    ``TelegramClient(create_session(user_id), api_id, api_hash)`` then starts with
-    the user's stored auth key and DC, locally or on Render alike. ``options`` go to
-    the session class (``flush_interval=``, ``close_timeout=``...). Without
-    ``config`` the environment is read through :func:`default_config`.
+    ``TelegramClient(create_session(user_id), api_id, api_hash)`` then starts with the user's stored
+    auth key and DC, locally or on Render alike. ``options`` go to the session class
+    (``flush_interval=``, ``close_timeout=``...). Blocks while the session is read.
 
+    :param user_id: the user.
+    :param config: the configuration; default the environment's (:func:`default_config`).
     :raises ConfigError: for a missing or invalid setting.
     :raises InvalidSessionIdError: for a ``user_id`` that could escape its place.
     """
@@ -720,17 +731,17 @@ def create_bot_session(
       ``sent_files``; ``firestore.rules`` denies clients all of it). The session is
       leased before it is read: while another live instance holds it, that instance
       is asked to hand it over (it does so at once when it runs
-      :meth:`UserSessionManager.start_bot`), and this waits up to ``handoff_timeout``
-      seconds. The lease (``lease_ttl``) is renewed by the background writer, fences
-      the session's writes and is released when the session closes (the client's
-      ``disconnect()``).
+      :meth:`UserSessionManager.start_bot`). The lease is renewed by the background
+      writer, fences the session's writes and is released when the session closes.
     * SQLite: ``{sessions_dir}/{bot_id}/bot.session``, locked while open; a lock held by
-      another process is waited for up to ``handoff_timeout`` seconds (a process that is
-      stopping releases it), without asking.
+      another process (a stopping one releases it) is waited for, without asking.
 
     Blocks (call it before the event loop starts, or accept the wait). ``options`` go to
     the session class, as in :func:`create_session`.
 
+    :param config: the configuration; default the environment's (:func:`default_config`).
+    :param handoff_timeout: seconds to wait for the instance (or process) holding it.
+    :param lease_ttl: seconds the Firestore lease lasts unless renewed (the writer renews it).
     :raises SessionInUseError: still held elsewhere after ``handoff_timeout``.
     :raises ConfigError: for a missing or invalid setting.
     """
@@ -747,6 +758,8 @@ def get_deployment_info(config: SessionConfig | None = None) -> dict[str, Any]:
     ``project`` and ``credentials`` (Firestore), ``emulator``, ``instance_id``,
     ``service_id``, ``encryption``, ``encrypt_pii``, ``key_id``, ``api_id``, and
     ``api_hash``/``bot_token`` as ``***`` (``None`` when unset).
+
+    :param config: the configuration; default the environment's (:func:`default_config`).
     """
     return (config or default_config()).deployment_info()
 
@@ -754,7 +767,12 @@ def get_deployment_info(config: SessionConfig | None = None) -> dict[str, Any]:
 def log_deployment_info(
     config: SessionConfig | None = None, *, logger: logging.Logger | None = None, level: int = logging.INFO
 ) -> dict[str, Any]:
-    """Log :func:`get_deployment_info` (one record, secrets masked) and return it."""
+    """Log :func:`get_deployment_info` (one record, secrets masked) and return it.
+
+    :param config: the configuration; default the environment's (:func:`default_config`).
+    :param logger: where to log; default this package's logger.
+    :param level: the record's level.
+    """
     info = get_deployment_info(config)
     text = ", ".join(f"{k}={v}" for k, v in info.items())
     (logger or log).log(level, "deployment: %s", text)
@@ -767,8 +785,11 @@ def rotate_sessions(config: SessionConfig | None = None, *, user_id: str | int |
     Values sealed with a key in ``SESSION_ENCRYPTION_OLD_KEYS`` and plaintext values
     written before encryption was on are sealed with ``SESSION_ENCRYPTION_KEY``;
     with ``SESSION_ENCRYPT_PII`` entity usernames, phones and names are sealed too.
-    Returns the number of sessions re-sealed.
+    Blocks the calling thread (from async code: ``asyncio.to_thread``).
 
+    :param config: the configuration; default the environment's (:func:`default_config`).
+    :param user_id: only this user's session; default every session of the bot.
+    :returns: the number of sessions re-sealed.
     :raises ConfigError: if no encryption key is configured.
     :raises SessionRotationError: listing the sessions that could not be re-sealed
         (the others are done; those are left exactly as they were).

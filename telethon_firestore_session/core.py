@@ -1,16 +1,9 @@
-"""Telethon's session semantics, implemented once, in memory.
+"""Telethon's session semantics, implemented once, in memory: :class:`SessionCore`, over a :class:`Store`.
 
-:class:`SessionCore` is a complete :class:`telethon.sessions.abstract.Session`.
-Bound to a :class:`Store`, it loads the session header (DC, auth key, takeout id,
-update states) when it is created, looks entities and sent files up lazily,
-writes the header through on :meth:`~SessionCore.save` and hands everything
-else to the process-wide :class:`~telethon_firestore_session.writer.BackgroundWriter`.
-
-The hot path (``process_entities``, ``set_update_state``, ``cache_file``,
-``get_file`` and ``get_input_entity`` for known keys) does dictionary work only:
-no I/O and no scans. Cached entities live in an
-:class:`~telethon_firestore_session.entities.EntityCache` under the process-wide
-:class:`~telethon_firestore_session.entities.EntityBudget`; lookups that miss
+The hot path (``process_entities``, ``set_update_state``, ``cache_file``, ``get_file`` and
+``get_input_entity`` for known keys) does dictionary work only: no I/O and no scans. Cached
+entities live in an :class:`~telethon_firestore_session.entities.EntityCache` under the
+process-wide :class:`~telethon_firestore_session.entities.EntityBudget`; lookups that miss
 memory go through the store's :class:`~telethon_firestore_session.breaker.LookupBreaker`.
 """
 
@@ -85,24 +78,36 @@ EMPTY_HEADER = SessionHeader(0, None, None, None, None)
 
 @dataclasses.dataclass
 class StoredSession:
-    """What a store returns when it opens a session: one read's worth."""
+    """What a store returns when it opens a session: one read's worth.
+
+    :param header: the DC, address, port, auth key and takeout id.
+    :param update_states: the update states by entity id (0 for the account's own).
+    :param needs_rewrite: the stored header is plaintext or sealed with an old key: ``save()`` rewrites it.
+    """
 
     header: SessionHeader = EMPTY_HEADER
     update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict)
-    #: The stored header is not in its current form (plaintext or sealed with an old
-    #: key): the next ``save()`` writes it again even if nothing changed.
     needs_rewrite: bool = False
 
 
 @dataclasses.dataclass
 class Changes:
-    """Records waiting to be written behind. Newer values replace older ones."""
+    """Records waiting to be written behind. Newer values replace older ones.
+
+    :param entities: entity rows by marked id.
+    :param states: update states by entity id.
+    :param files: sent files, ``(id, access_hash)`` by key.
+    """
 
     entities: dict[int, EntityRow] = dataclasses.field(default_factory=dict)
     states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict)
     files: dict[FileKey, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     def merge(self, newer: Changes) -> None:
+        """Add the records of ``newer`` to these, its values replacing older ones.
+
+        :param newer: the later changes.
+        """
         self.entities.update(newer.entities)
         self.states.update(newer.states)
         self.files.update(newer.files)
@@ -122,6 +127,8 @@ def auth_key_fingerprint(key: bytes | None) -> str | None:
     """A short, non-reversible name for an auth key: the first 16 hex digits of its SHA-256.
 
     Safe to print and log; two sessions with the same fingerprint hold the same login.
+
+    :param key: the auth key's bytes, or ``None``.
     """
     if not key:
         return None
@@ -135,7 +142,15 @@ def auth_key_fingerprint(key: bytes | None) -> str | None:
 class SessionSnapshot:
     """Everything a Telethon session holds, read out of one: header, states, entities, files.
 
-    The auth key is never part of ``repr()``; :attr:`fingerprint` names it instead.
+    :param dc_id: the data centre (0 when unset).
+    :param server_address: the DC's address.
+    :param port: the DC's port.
+    :param auth_key: the auth key's bytes (never in ``repr()``: :attr:`fingerprint` names it).
+    :param takeout_id: the takeout session id, if any.
+    :param update_states: update states by entity id.
+    :param entities: the cached entities.
+    :param files: sent files, ``(id, access_hash)`` by key.
+    :param complete: ``False`` if the source (an unknown session type) could not list entities and files.
     """
 
     dc_id: int = 0
@@ -146,16 +161,16 @@ class SessionSnapshot:
     update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict, repr=False)
     entities: list[EntityRow] = dataclasses.field(default_factory=list, repr=False)
     files: dict[FileKey, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
-    #: ``False`` when the source could not list its entities and sent files (an unknown
-    #: third-party session type): only the header and update states were read.
     complete: bool = True
 
     @property
     def header(self) -> SessionHeader:
+        """The DC, address, port, auth key and takeout id, as a store writes them."""
         return SessionHeader(self.dc_id, self.server_address, self.port, self.auth_key, self.takeout_id)
 
     @property
     def fingerprint(self) -> str | None:
+        """The auth key's :func:`auth_key_fingerprint` (safe to log)."""
         return auth_key_fingerprint(self.auth_key)
 
     def __repr__(self) -> str:
@@ -185,23 +200,39 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def write_session(self, header: SessionHeader) -> None:
-        """Durably store the header before returning; raise :class:`SessionStoreError` on failure."""
+        """Durably store the header before returning; raise :class:`SessionStoreError` on failure.
+
+        :param header: the header to store.
+        """
 
     @abc.abstractmethod
     def write_changes(self, changes: Changes) -> None:
-        """Persist entities, update states and sent files. May raise; the writer retries."""
+        """Persist entities, update states and sent files. May raise; the writer retries.
+
+        :param changes: the records to write.
+        """
 
     @abc.abstractmethod
     def find_entity_by_ids(self, ids: Sequence[int]) -> EntityRow | None:
-        """Return the stored entity with the first of ``ids`` that exists."""
+        """Return the stored entity with the first of ``ids`` that exists.
+
+        :param ids: marked ids, in order of preference.
+        """
 
     @abc.abstractmethod
     def find_entity(self, field: str, value: str) -> EntityRow | None:
-        """Return the newest stored entity whose ``field`` (username, phone, name) equals ``value``."""
+        """Return the newest stored entity whose ``field`` equals ``value``.
+
+        :param field: ``"username"``, ``"phone"`` or ``"name"``.
+        :param value: the value to match (as Telethon normalises it).
+        """
 
     @abc.abstractmethod
     def find_file(self, key: FileKey) -> tuple[int, int] | None:
-        """Return ``(id, access_hash)`` of a cached sent file."""
+        """Return ``(id, access_hash)`` of a cached sent file.
+
+        :param key: ``(md5_digest, file_size, file_type)``.
+        """
 
     @abc.abstractmethod
     def iter_entities(self) -> Iterator[EntityRow]:
@@ -313,15 +344,25 @@ class Handoff:
 class SessionCore(Session):  # type: ignore[misc]
     """An in-memory Telethon session with O(1) lookups, optionally bound to a store.
 
-    Without a store it behaves like Telethon's ``MemorySession`` (minus its
-    linear scans and stale rows) and keeps every entity. :meth:`clone` returns one of these.
+    Without a store it behaves like Telethon's ``MemorySession`` (minus its linear scans and
+    stale rows) and keeps every entity. :meth:`clone` returns one of these. Telethon's
+    ``Session`` methods not documented here behave as Telethon documents them.
 
-    Bound to a store, its cached entities count against the process-wide
-    :class:`~telethon_firestore_session.entities.EntityBudget`; entities, sent files
-    and update states are handed to the background writer by :meth:`save`, and by a
+    Bound to a store, it reads the DC, auth key, takeout id and update states when created
+    and looks entities and sent files up lazily. Its cached entities count against the
+    process-wide :class:`~telethon_firestore_session.entities.EntityBudget`; entities, sent
+    files and update states are handed to the background writer by :meth:`save`, and by a
     timer on the running event loop: entities and sent files within ``flush_interval``
-    seconds, update states at most every ``state_flush_interval`` seconds (Telethon
-    calls ``save()`` every minute and on disconnect, which always hands them over).
+    seconds, update states at most every ``state_flush_interval`` seconds (Telethon calls
+    ``save()`` every minute and on disconnect, which always hands them over). Construction,
+    :meth:`save`, :meth:`close`, :meth:`delete` and lookups that miss memory block on the
+    store, as Telethon calls them; durability: ``ARCHITECTURE.md``, "Durability".
+
+    :param store: where the session lives; ``None`` for a session in memory.
+    :param flush_interval: seconds before changed entities and sent files are handed over.
+    :param state_flush_interval: seconds between hand-overs of update states.
+    :param close_timeout: seconds :meth:`close` (and, by default, :meth:`wait_written`) wait.
+    :param writer: the background writer; default the process-wide one.
     """
 
     def __init__(
@@ -460,6 +501,10 @@ class SessionCore(Session):  # type: ignore[misc]
     # -- entities --------------------------------------------------------------------
 
     def process_entities(self, tlo: Any) -> None:
+        """Cache the users and chats a TL object carries (unless ``save_entities`` is off).
+
+        :param tlo: any TL object, or a list of them.
+        """
         if not self.save_entities:
             return
         cache = self._cache
@@ -469,6 +514,11 @@ class SessionCore(Session):  # type: ignore[misc]
         cache.use(grown)
 
     def get_input_entity(self, key: Any) -> Any:
+        """The ``InputPeer`` for ``key``, from memory or else one store lookup.
+
+        :param key: a marked id, username, phone, name, or a TL peer or input peer.
+        :raises ValueError: if nothing matches (as Telethon's sessions do).
+        """
         cache = self._cache
         if cache.evict_due:  # written while over the budget: evict here, on the session's thread
             cache.use()
@@ -490,6 +540,12 @@ class SessionCore(Session):  # type: ignore[misc]
         self.put_file((md5_digest, file_size, rows.file_type(type(instance))), (instance.id, instance.access_hash))
 
     def get_file(self, md5_digest: bytes, file_size: int, cls: Any) -> Any:
+        """A sent file as an instance of ``cls``, or ``None``.
+
+        :param md5_digest: the file's MD5.
+        :param file_size: its size in bytes.
+        :param cls: ``InputDocument`` or ``InputPhoto``.
+        """
         key: FileKey = (md5_digest, file_size, rows.file_type(cls))
         value = self._files.get(key)
         if value is None:
@@ -589,9 +645,10 @@ class SessionCore(Session):  # type: ignore[misc]
         self._hand_over(states=True)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Save, then wait up to ``timeout`` seconds until the writer has stored everything.
+        """Save, then wait until the writer has stored everything (:meth:`wait_written`).
 
-        Returns ``False`` if the wait timed out (the writer keeps retrying).
+        :param timeout: seconds to wait; default ``close_timeout``.
+        :returns: ``False`` if the wait timed out (the writer keeps retrying).
         """
         self.save()
         return self.wait_written(timeout)
@@ -599,12 +656,14 @@ class SessionCore(Session):  # type: ignore[misc]
     def wait_written(self, timeout: float | None = None) -> bool:
         """Wait until the background writer has stored the records this session handed to it.
 
-        Waits at most ``timeout`` seconds (default ``close_timeout``). It hands nothing
-        over itself: changes not yet given to the writer by :meth:`save` (or the flush
-        timer) stay pending; :meth:`flush` is ``save()`` and then this. It blocks the
-        calling thread, so async code runs it in a worker thread (``asyncio.to_thread``).
-        Returns ``False`` on timeout (the writer keeps retrying), and ``True`` at once for
-        a session without a store or a deleted one.
+        It hands nothing over itself: changes not yet given to the writer by :meth:`save`
+        (or the flush timer) stay pending; :meth:`flush` is ``save()`` and then this. It
+        blocks the calling thread, so async code runs it in a worker thread
+        (``asyncio.to_thread``).
+
+        :param timeout: seconds to wait; default ``close_timeout``.
+        :returns: ``False`` on timeout (the writer keeps retrying); ``True`` at once for
+            a session without a store or a deleted one.
         """
         if self._store is None or self._deleted:
             return True
@@ -681,6 +740,8 @@ class SessionCore(Session):  # type: ignore[misc]
         """An unbound in-memory copy of the connection data (used for CDN clients).
 
         It never writes to this session's store, so a CDN's DC cannot replace ours.
+
+        :param to_instance: returned as it is when given (Telethon's contract).
         """
         if to_instance is not None:
             return to_instance
@@ -713,7 +774,10 @@ class SessionCore(Session):  # type: ignore[misc]
                     yield key, value
 
     def put_entity_rows(self, rows: Iterable[EntityRow]) -> None:
-        """Add entity rows as they are (migration); they are written behind like any change."""
+        """Add entity rows as they are (migration); they are written behind like any change.
+
+        :param rows: the rows.
+        """
         cache = self._cache
         size = len(cache)
         for row in rows:
@@ -726,7 +790,11 @@ class SessionCore(Session):  # type: ignore[misc]
         cache.use(len(cache) - size)
 
     def put_file(self, key: FileKey, value: tuple[int, int]) -> None:
-        """Add a sent-file record as it is (migration)."""
+        """Add a sent-file record as it is (migration); written behind.
+
+        :param key: ``(md5_digest, file_size, file_type)``.
+        :param value: ``(id, access_hash)``.
+        """
         if self._files.get(key) != value:
             self._files[key] = value
             self._dirty_files.add(key)

@@ -81,6 +81,8 @@ def is_sealed(value: object) -> bool:
     A plaintext auth key is 256 random bytes; one that starts with ``b"TFS"`` and
     could be taken for a sealed value is a 1-in-16-million chance, and stores
     additionally treat exactly 256 bytes as a plaintext auth key.
+
+    :param value: anything; only ``bytes`` can be sealed.
     """
     return isinstance(value, bytes) and len(value) >= OVERHEAD and value.startswith(MAGIC)
 
@@ -197,6 +199,7 @@ class SessionCipher:
         ``SESSION_ENCRYPTION_KEY_FILE`` / ``SESSION_ENCRYPTION_OLD_KEYS_FILE``
         (e.g. a Render secret file, ``/etc/secrets/session_key``).
 
+        :param environ: the variables to read; default ``os.environ``.
         :raises ConfigError: naming the variable (never its value) if a key is
             malformed or its file unreadable, if both a variable and its
             ``_FILE`` form are set, or if old keys are set without a current key.
@@ -237,7 +240,12 @@ class SessionCipher:
     # -- sealing -----------------------------------------------------------------------
 
     def seal(self, value: bytes, *, where: str, field: str) -> bytes:
-        """Encrypt ``value`` with the current key, bound to ``where`` (``bot_id/user_id``) and ``field``."""
+        """Encrypt ``value`` with the current key, bound to ``where`` and ``field``.
+
+        :param value: the plaintext.
+        :param where: the session (``bot_id/user_id``) the value is bound to.
+        :param field: the value's name (``auth_key``, ``username``...), bound in too.
+        """
         key = self._current
         header = MAGIC + bytes((FORMAT_V1,)) + key.id
         nonce = os.urandom(NONCE_SIZE)
@@ -246,6 +254,9 @@ class SessionCipher:
     def open(self, value: bytes, *, where: str, field: str) -> bytes:
         """Decrypt a value sealed by :meth:`seal` for the same ``where`` and ``field``.
 
+        :param value: the sealed value.
+        :param where: the session (``bot_id/user_id``) the value is bound to.
+        :param field: the value's name (``auth_key``, ``username``...), bound in too.
         :raises SessionDecryptionError: if ``value`` is not sealed, was sealed with
             a key this cipher does not have, was tampered with, or belongs to
             another session or field. The message names ``where`` and ``field``
@@ -280,27 +291,46 @@ class SessionCipher:
             ) from None
 
     def seal_text(self, value: str, *, where: str, field: str) -> bytes:
-        """:meth:`seal` for text (UTF-8)."""
+        """:meth:`seal` for text (UTF-8).
+
+        :param value: the text.
+        :param where: the session (``bot_id/user_id``) the value is bound to.
+        :param field: the value's name (``auth_key``, ``username``...), bound in too.
+        """
         return self.seal(value.encode("utf-8"), where=where, field=field)
 
     def open_text(self, value: bytes, *, where: str, field: str) -> str:
-        """:meth:`open` for text sealed by :meth:`seal_text`."""
+        """:meth:`open` for text sealed by :meth:`seal_text`.
+
+        :param value: the sealed value.
+        :param where: the session (``bot_id/user_id``) the value is bound to.
+        :param field: the value's name (``auth_key``, ``username``...), bound in too.
+        :raises SessionDecryptionError: as :meth:`open`, or if the result is not UTF-8.
+        """
         return open_sealed_text(self, value, where=where, context=where, field=field)
 
     def is_sealed(self, value: object) -> bool:
-        """Whether ``value`` looks sealed (by any key); see the module function :func:`is_sealed`."""
+        """Whether ``value`` looks sealed (by any key); see the module function :func:`is_sealed`.
+
+        :param value: anything.
+        """
         return is_sealed(value)
 
     def needs_reseal(self, value: object) -> bool:
         """Whether ``value`` is sealed, but not with the current key (an old or unknown key).
 
         Plaintext is not "sealed with an old key": check :meth:`is_sealed` for that.
+
+        :param value: anything.
         """
         kid = _key_id_of(value)
         return kid is not None and kid != self._current.id
 
     def sealed_with(self, value: object) -> str | None:
-        """Hex key id that sealed ``value``, or ``None`` if it is not sealed (safe to log)."""
+        """Hex key id that sealed ``value``, or ``None`` if it is not sealed (safe to log).
+
+        :param value: anything.
+        """
         kid = _key_id_of(value)
         return None if kid is None else kid.hex()
 
@@ -315,11 +345,20 @@ class SessionCipher:
         about the value can be learnt or tested. Rotating the key changes every
         index: stores write the current index and look up with
         :meth:`blind_indexes`, which also tries the old keys.
+
+        :param value: the text to index.
+        :param where: the session (``bot_id/user_id``) the value is bound to.
+        :param field: the value's name (``auth_key``, ``username``...), bound in too.
         """
         return self._blind(self._current, value, where, field)
 
     def blind_indexes(self, value: str, *, where: str, field: str) -> tuple[str, ...]:
-        """The blind index of ``value`` under every accepted key, the current key's first."""
+        """The blind index of ``value`` under every accepted key, the current key's first.
+
+        :param value: the text to index.
+        :param where: the session (``bot_id/user_id``) the value is bound to.
+        :param field: the value's name (``auth_key``, ``username``...), bound in too.
+        """
         return tuple(self._blind(k, value, where, field) for k in self._keys.values())
 
     @staticmethod
@@ -336,8 +375,13 @@ NO_KEY_REASON = "the value is sealed but no encryption key is configured (pass c
 def open_sealed(cipher: SessionCipher | None, value: bytes, *, where: str, context: str, field: str) -> bytes:
     """Open a sealed value read from a store, bound to ``context`` (``bot_id/user_id``) and ``field``.
 
-    Every failure, a missing cipher included, is a :class:`SessionDecryptionError` that
-    names ``where`` (the store's location) and ``field``, never a key.
+    :param cipher: the cipher, or ``None`` when none is configured.
+    :param value: the sealed value.
+    :param where: the store's location, for the error message.
+    :param context: the session (``bot_id/user_id``) the value is bound to.
+    :param field: the value's name, bound in too.
+    :raises SessionDecryptionError: for every failure, a missing cipher included; it
+        names ``where`` and ``field``, never a key.
     """
     if cipher is None:
         raise SessionDecryptionError(where, field, NO_KEY_REASON)
@@ -348,7 +392,15 @@ def open_sealed(cipher: SessionCipher | None, value: bytes, *, where: str, conte
 
 
 def open_sealed_text(cipher: SessionCipher | None, value: bytes, *, where: str, context: str, field: str) -> str:
-    """:func:`open_sealed` for text sealed by :meth:`SessionCipher.seal_text`."""
+    """:func:`open_sealed` for text sealed by :meth:`SessionCipher.seal_text`.
+
+    :param cipher: the cipher, or ``None`` when none is configured.
+    :param value: the sealed value.
+    :param where: the store's location, for the error message.
+    :param context: the session (``bot_id/user_id``) the value is bound to.
+    :param field: the value's name, bound in too.
+    :raises SessionDecryptionError: as :func:`open_sealed`, or if the result is not UTF-8.
+    """
     raw = open_sealed(cipher, value, where=where, context=context, field=field)
     try:
         return raw.decode("utf-8")

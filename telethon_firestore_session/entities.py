@@ -403,6 +403,8 @@ class EntityBudget:
     ``clone()``, keeps everything, like ``MemorySession``). Entities are evicted by
     the thread that owns their session; a session owned by another thread is told
     to evict on its next call.
+
+    :param limit_mb: the budget in MiB.
     """
 
     _instance: ClassVar[EntityBudget | None] = None
@@ -447,11 +449,18 @@ class EntityBudget:
         self.threshold = 0  # add the bytes up at the next entity cached
 
     def register(self, cache: EntityCache) -> None:
+        """Count ``cache`` in the budget (held weakly: a dropped session leaves it).
+
+        :param cache: a session's entity cache.
+        """
         with self._lock:
             self._caches.add(cache)
 
     def grew(self, n: int) -> None:
-        """``n`` entities were cached by the calling thread; evict if the budget is exceeded."""
+        """``n`` entities were cached by the calling thread; evict if the budget is exceeded.
+
+        :param n: how many.
+        """
         self.count += n
         if self.count > self.threshold:
             self.rebalance()

@@ -14,7 +14,8 @@ catches them all::
         ├── SchemaVersionError    written by a newer version of this library
         └── SessionCorruptError   the stored record has the wrong shape
 
-Messages name the session and the field involved, never a key or an auth key.
+Messages name the session and the field involved, never a key or an auth key. The
+constructors' parameters are kept as attributes of the same names.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class SessionError(Exception):
 class ConfigError(SessionError, ValueError):
     """A configuration value is missing or invalid.
 
-    ``variable`` names the setting (usually an environment variable).
+    :param variable: the setting (usually an environment variable).
+    :param message: what is wrong with it.
     """
 
     def __init__(self, variable: str, message: str) -> None:
@@ -69,6 +71,10 @@ class SchemaVersionError(SessionStoreError):
     """The stored session was written by a newer schema than this library knows.
 
     The stored data is left untouched; upgrade telethon-firestore-session.
+
+    :param where: the session.
+    :param found: the stored ``schema_version``.
+    :param supported: the newest this version knows.
     """
 
     def __init__(self, where: str, found: int, supported: int) -> None:
@@ -92,8 +98,10 @@ class SessionCorruptError(SessionStoreError):
 class SessionInUseError(SessionError):
     """Another process or instance is using this session.
 
-    ``holder`` identifies who holds it and ``expires_at`` when its lease runs
-    out (``None`` for a local file lock, which is held until that process ends).
+    :param where: the session.
+    :param holder: who holds it, if known.
+    :param expires_at: when its lease runs out (``None`` for a local file lock, which
+        is held until that process ends).
     """
 
     def __init__(
@@ -121,8 +129,12 @@ class SessionDecryptionError(SessionError):
     """A sealed value could not be opened.
 
     Raised for a wrong or missing key, a tampered value, or a value copied
-    from another session. ``where`` names the session and ``field`` the value;
-    the key is never part of the message. The stored data is left untouched.
+    from another session. The key is never part of the message. The stored data
+    is left untouched.
+
+    :param where: the session.
+    :param field: the value (``auth_key``, an entity field...).
+    :param reason: why it did not open.
     """
 
     def __init__(self, where: str, field: str, reason: str) -> None:
@@ -135,11 +147,12 @@ class SessionDecryptionError(SessionError):
 class SessionRotationError(SessionError):
     """Re-sealing (key rotation) had to skip some sessions; the others were re-sealed.
 
-    ``failures`` holds one error per skipped session, each naming its session (a
-    :class:`SessionDecryptionError`, a :class:`SessionInUseError`, ...); the first is
-    also chained as ``__cause__``. ``rotated`` counts the sessions that were
-    re-sealed. Skipped sessions are left exactly as they were: fix the cause and
-    run the rotation again.
+    Skipped sessions are left exactly as they were: fix the cause and run the rotation again.
+
+    :param rotated: how many sessions were re-sealed.
+    :param failures: one error per skipped session, each naming its session (a
+        :class:`SessionDecryptionError`, a :class:`SessionInUseError`, ...); the first
+        is also chained as ``__cause__``. Kept as a tuple.
     """
 
     def __init__(self, rotated: int, failures: Sequence[SessionError]) -> None:
@@ -156,8 +169,11 @@ def store_error(what: str, where: str, exc: BaseException) -> SessionStoreError:
     """``SessionStoreError("cannot {what} {where}: {type}: {exc}")``, for ``raise ... from exc``.
 
     The one way this library turns a backend's exception (a Firestore RPC error, an
-    ``OSError``, an ``sqlite3.Error``) into a :class:`SessionStoreError`. ``where``
-    names the store (a path or a document), never a secret.
+    ``OSError``, an ``sqlite3.Error``) into a :class:`SessionStoreError`.
+
+    :param what: the action, e.g. ``"read"``.
+    :param where: the store (a path or a document), never a secret.
+    :param exc: the backend's exception.
     """
     return SessionStoreError(f"cannot {what} {where}: {type(exc).__name__}: {exc}")
 
@@ -166,7 +182,12 @@ def store_error(what: str, where: str, exc: BaseException) -> SessionStoreError:
 def wrap_store_errors(
     what: str, where: str, *, catch: type[BaseException] | tuple[type[BaseException], ...] = Exception
 ) -> Iterator[None]:
-    """Re-raise any ``catch`` exception from the block as :func:`store_error`; our own errors pass through."""
+    """Re-raise any ``catch`` exception from the block as :func:`store_error`; our own errors pass through.
+
+    :param what: the action, e.g. ``"read"``.
+    :param where: the store, never a secret.
+    :param catch: the exception types to wrap.
+    """
     try:
         yield
     except SessionError:

@@ -22,6 +22,9 @@ def validate_id(kind: str, value: object) -> str:
     An id may be an ``int`` (Telegram user ids) or a ``str`` of at most
     128 characters from ``A-Z a-z 0-9 _ . @ : + = ~ -``. It may not be empty,
     contain ``..``, start with ``.``, or look like ``__reserved__``.
+
+    :param kind: what the id is, for the message (``"bot_id"``, ``"user_id"``).
+    :param value: the id.
     """
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidSessionIdError(f"{kind} must be a str or int, not {type(value).__name__}")
@@ -44,7 +47,12 @@ def validate_id(kind: str, value: object) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SessionKey:
-    """Which session: a bot and one of its users. Both parts are validated."""
+    """Which session: a bot and one of its users. Both parts are validated (:func:`validate_id`).
+
+    :param bot_id: the bot.
+    :param user_id: the user.
+    :raises InvalidSessionIdError: for an invalid id.
+    """
 
     bot_id: str
     user_id: str
@@ -64,6 +72,8 @@ class BotSessionKey(SessionKey):
     ``{sessions_dir}/{bot_id}/bot.session``. ``str()`` is ``{bot_id}#bot``, which no
     user's key can be (``#`` is not allowed in ids), so a value sealed for the bot
     never opens as a user's.
+
+    :param bot_id: the bot.
     """
 
     def __init__(self, bot_id: object) -> None:

@@ -1,19 +1,15 @@
 """Move sessions between backends without logging anyone in twice.
 
-:func:`copy_session` copies the DC, auth key, takeout id, update states, entities and
-sent-file cache of one Telethon session into another, ours or Telethon's own, and never
-clobbers a newer session: into an empty destination everything is copied (``"copied"``);
-into one holding the **same** auth key, only what it lacks or holds older (``"merged"``,
-or ``"unchanged"``); into one holding a **different** auth key, nothing (``"skipped"``)
-unless ``overwrite=True``, which first removes its records (``"replaced"``).
+:func:`copy_session` copies one Telethon session, ours or Telethon's own, into another and
+never clobbers a newer one (its docstring states the rules).
 
+:func:`export_session_file` and :func:`export_string_session` write Telethon's formats;
+``.session`` files are read and written by :mod:`telethon_firestore_session.sqlite.schema`.
 The bulk importers (:func:`import_session_files`, :func:`import_string_session`, and
 :func:`import_snapshots` under both) copy many sessions into a :class:`Destination` and report
-each once it is stored; running one again is safe. :func:`export_session_file` and
-:func:`export_string_session` write Telethon's formats. ``.session`` files are read and written
-by :mod:`telethon_firestore_session.sqlite.schema`; the Firestore importers
-(``FirestoreDestination``, ``import_legacy_documents``) live in
-:mod:`telethon_firestore_session.firestore.importer` and are re-exported here.
+each once it is stored; running one again is safe. They live in :mod:`telethon_firestore_session.bulk`,
+the Firestore importers (``FirestoreDestination``, ``import_legacy_documents``) in
+:mod:`telethon_firestore_session.firestore.importer`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,13 +17,9 @@ from __future__ import annotations
 import abc
 import binascii
 import dataclasses
-import functools
 import logging
 import os
-import sqlite3
 import struct
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +29,7 @@ from telethon.sessions.abstract import Session
 from telethon.tl import types
 
 from .core import Changes, EntityRow, SessionCore, SessionHeader, SessionSnapshot, auth_key_fingerprint
-from .errors import SessionCorruptError, SessionError, SessionStoreError
-from .ids import SessionKey
+from .errors import SessionCorruptError, SessionStoreError
 from .sqlite.schema import read_session_file, write_session_file
 
 __all__ = [
@@ -55,8 +46,10 @@ __all__ = [
     "Destination",
     "FirestoreDestination",
     "ImportItem",
+    "ProgressCallback",
     "SessionDestination",
     "SessionSnapshot",
+    "Source",
     "Target",
     "apply_snapshot",
     "auth_key_fingerprint",
@@ -84,7 +77,8 @@ REPLACED = "replaced"
 SKIPPED = "skipped"
 FAILED = "failed"
 
-_NO_AUTH_KEY = "the source has no auth key (it never logged in); nothing to copy"
+#: The reason a source without an auth key is skipped.
+NO_AUTH_KEY = "the source has no auth key (it never logged in); nothing to copy"
 _CHANNEL_MARK = 1_000_000_000_000
 
 
@@ -124,6 +118,7 @@ def read_session(session: Session | SessionSnapshot) -> SessionSnapshot:
     only yields its header and update states (``complete=False``): the abstract API
     cannot list entities.
 
+    :param session: the session (a snapshot is returned as it is).
     :raises SessionCorruptError: for an ``SQLiteSession`` whose file holds a sealed auth
         key or sealed entity fields (open it with ``ScopedSQLiteSession`` instead).
     """
@@ -150,6 +145,7 @@ def read_session(session: Session | SessionSnapshot) -> SessionSnapshot:
 def read_string_session(string: str) -> SessionSnapshot:
     """Read a Telethon ``StringSession`` string (DC, server address, port and auth key).
 
+    :param string: the text that ``StringSession.save()`` returns.
     :raises SessionCorruptError: if ``string`` is not a valid StringSession string.
     """
     try:
@@ -185,7 +181,11 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def write(self, header: SessionHeader | None, changes: Changes) -> None:
-        """Store the header (if given) and the records: durably, or queued in a batch whose commit decides."""
+        """Store the header and the records: durably, or queued in a batch whose commit decides.
+
+        :param header: the header, or ``None`` to keep the stored one.
+        :param changes: the records.
+        """
 
 
 def _row_to_tl(row: EntityRow) -> Any:
@@ -293,10 +293,15 @@ class _FileTarget(Target):
 
 @dataclasses.dataclass(frozen=True)
 class CopyReport:
-    """What :func:`copy_session` did.
+    """What :func:`copy_session` did. The counts are records written.
 
-    ``status`` is one of ``"copied"``, ``"merged"``, ``"unchanged"``, ``"replaced"`` or
-    ``"skipped"`` (then ``reason`` says why). The counts are records written.
+    :param status: ``"copied"``, ``"merged"``, ``"unchanged"``, ``"replaced"`` or ``"skipped"``.
+    :param reason: why it was skipped (or what the source could not give).
+    :param entities: entities written.
+    :param update_states: update states written.
+    :param files: sent files written.
+    :param header_written: the DC, auth key and takeout id were written.
+    :param fingerprint: the source's :func:`~telethon_firestore_session.core.auth_key_fingerprint`.
     """
 
     status: str
@@ -309,9 +314,11 @@ class CopyReport:
 
     @property
     def changed(self) -> bool:
+        """Something was written."""
         return self.status in (COPIED, MERGED, REPLACED)
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields by name (for JSON)."""
         return dataclasses.asdict(self)
 
 
@@ -330,10 +337,15 @@ def _entity_newer(src: EntityRow, dst: EntityRow | None) -> bool:
 
 
 def apply_snapshot(snap: SessionSnapshot, target: Target, overwrite: bool) -> CopyReport:
-    """Copy ``snap`` into ``target`` by the rules of :func:`copy_session` (the engine of every copy and import)."""
+    """Copy ``snap`` into ``target`` by the rules of :func:`copy_session` (the engine of every copy and import).
+
+    :param snap: the source.
+    :param target: the destination.
+    :param overwrite: replace a different login.
+    """
     fingerprint = snap.fingerprint
     if not snap.auth_key:
-        return CopyReport(SKIPPED, _NO_AUTH_KEY)
+        return CopyReport(SKIPPED, NO_AUTH_KEY)
     current = target.header()
     dst_key = current.auth_key
     if dst_key and dst_key != snap.auth_key:
@@ -394,20 +406,22 @@ def copy_session(
 ) -> CopyReport:
     """Copy DC, auth key, takeout id, update states, entities and sent files from ``src`` to ``dst``.
 
-    Either side may be one of our sessions or Telethon's ``MemorySession``,
-    ``SQLiteSession`` or ``StringSession`` (a ``StringSession`` only carries the DC and
-    auth key). Any other ``Session`` subclass works through the abstract API.
+    Never clobbers a newer session: into an empty ``dst`` everything is copied (``"copied"``); into
+    one holding the **same** auth key only what it lacks or holds older (``"merged"``, or
+    ``"unchanged"``: running it twice writes nothing the second time); into one holding a
+    **different** auth key nothing (``"skipped"``) unless ``overwrite=True``, which first removes
+    its records (``"replaced"``).
 
-    Never clobbers a newer session: when ``dst`` already holds a different auth key,
-    nothing is written and the report says ``"skipped"``, unless ``overwrite=True``,
-    which removes every record of ``dst`` first. With the same auth key the copy
-    merges: it adds missing records and never replaces newer ones, so running it
-    twice writes nothing the second time (``"unchanged"``).
+    Durability: when this returns, the records are stored: ours are saved and flushed, a Telethon
+    ``SQLiteSession`` is committed; ``dst`` is not closed. Blocks the calling thread (from async
+    code: ``asyncio.to_thread``).
 
-    Durability: when this returns, the records are stored: ours are saved and
-    flushed (waiting at most ``flush_timeout`` seconds), a Telethon ``SQLiteSession``
-    is committed. ``dst`` is not closed.
-
+    :param src: one of our sessions, Telethon's ``MemorySession``, ``SQLiteSession`` or
+        ``StringSession`` (only the DC and auth key), any other ``Session`` (through the
+        abstract API), or a snapshot.
+    :param dst: the destination, a session of any of those types.
+    :param overwrite: replace a different login.
+    :param flush_timeout: seconds to wait for our sessions' writes.
     :raises SessionStoreError: if the destination could not store everything in time.
     """
     if not isinstance(dst, Session):
@@ -426,12 +440,13 @@ def export_session_file(
 ) -> tuple[Path, CopyReport]:
     """Write ``src`` to a Telethon ``.session`` file that plain ``SQLiteSession`` opens.
 
-    A new file is created with mode 0600. If the file exists it is merged into
-    like any destination of :func:`copy_session` (same login: merged; a different
-    login: skipped unless ``overwrite``, which replaces its records); the result
-    replaces it atomically (mode 0600). Telethon appends ``.session`` to a name
-    without it, and so does this; the path written is returned.
+    A new file gets mode 0600; an existing one is merged into like any destination of
+    :func:`copy_session`, and replaced atomically.
 
+    :param src: one of our sessions, Telethon's, or a snapshot.
+    :param path: the file; ``.session`` is appended to a name without it, as Telethon does.
+    :param overwrite: replace a different login in an existing file.
+    :returns: the path written, and what was copied.
     :raises SessionCorruptError: if the file exists and is not a plain Telethon session
         (it is not modified).
     """
@@ -448,6 +463,7 @@ def export_string_session(src: Session | SessionSnapshot) -> str:
     A string session carries no entities, update states or takeout id. The result
     is a full login: keep it secret.
 
+    :param src: one of our sessions, Telethon's, or a snapshot.
     :raises ValueError: if ``src`` has no auth key or no server address.
     """
     snap = read_session(src)
@@ -461,274 +477,20 @@ def export_string_session(src: Session | SessionSnapshot) -> str:
     return str(out.save())
 
 
-# -- bulk imports ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ImportItem:
-    """The outcome of one session in a bulk import."""
-
-    source: str
-    user_id: str | None
-    status: str
-    reason: str = ""
-    entities: int = 0
-    update_states: int = 0
-    files: int = 0
-    fingerprint: str | None = None
-
-    @classmethod
-    def of(cls, source: str, user_id: str | None, report: CopyReport) -> ImportItem:
-        """The item of a copy that ran."""
-        r = report
-        return cls(source, user_id, r.status, r.reason, r.entities, r.update_states, r.files, r.fingerprint)
-
-    @classmethod
-    def failure(
-        cls, source: str, user_id: str | None, exc: BaseException, fingerprint: str | None = None
-    ) -> ImportItem:
-        """The item of a session that could not be read or written; the reason names the error."""
-        return cls(source, user_id, FAILED, f"{type(exc).__name__}: {exc}", fingerprint=fingerprint)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class BulkReport:
-    """What a bulk import did: one :class:`ImportItem` per source, and the write counts.
-
-    Items are added when their outcome is final: for a batched Firestore import,
-    once every write of that session is committed. ``commits`` and ``writes`` count
-    Firestore commits and document writes (0 for other destinations).
-    """
-
-    items: list[ImportItem] = dataclasses.field(default_factory=list)
-    commits: int = 0
-    writes: int = 0
-    reads: int = 0
-    elapsed: float = 0.0
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for item in self.items:
-            out[item.status] = out.get(item.status, 0) + 1
-        return out
-
-    @property
-    def failed(self) -> list[ImportItem]:
-        return [i for i in self.items if i.status == FAILED]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "counts": self.counts(),
-            "commits": self.commits,
-            "writes": self.writes,
-            "reads": self.reads,
-            "elapsed_seconds": round(self.elapsed, 3),
-            "items": [i.as_dict() for i in self.items],
-        }
-
-
-#: ``progress(done, total, item)``, called after each source is read and applied.
-ProgressCallback = Callable[[int, "int | None", ImportItem], None]
-
-
-class Destination(abc.ABC):
-    """Where a bulk import puts sessions, by user id."""
-
-    @abc.abstractmethod
-    def put(self, source: str, user_id: str, snapshot: SessionSnapshot, *, overwrite: bool) -> None:
-        """Apply ``snapshot`` to the session of ``user_id``; the outcome comes from :meth:`drain`."""
-
-    @abc.abstractmethod
-    def drain(self, *, final: bool = False) -> list[ImportItem]:
-        """Items whose outcome is now final. ``final=True`` commits whatever is pending."""
-
-    def account(self, report: BulkReport) -> None:  # noqa: B027 - optional hook
-        """Add this destination's counters to ``report``."""
-
-
-class SessionDestination(Destination):
-    """Any session backend, one session at a time: ``opener(user_id)`` returns the session.
-
-    Each session is copied with :func:`copy_session` and closed; its writes are
-    durable before the next one starts.
-    """
-
-    def __init__(self, opener: Callable[[str], Session], *, flush_timeout: float = 30.0) -> None:
-        self.opener = opener
-        self.flush_timeout = flush_timeout
-        self._done: list[ImportItem] = []
-
-    def put(self, source: str, user_id: str, snapshot: SessionSnapshot, *, overwrite: bool) -> None:
-        if not snapshot.auth_key:
-            # Nothing would be copied: do not open (and so create) an empty destination.
-            self._done.append(ImportItem(source, user_id, SKIPPED, _NO_AUTH_KEY))
-            return
-        try:
-            dst = self.opener(user_id)
-        except (SessionError, OSError, ValueError) as exc:
-            self._done.append(ImportItem.failure(source, user_id, exc))
-            return
-        try:
-            report = copy_session(snapshot, dst, overwrite=overwrite, flush_timeout=self.flush_timeout)
-            self._done.append(ImportItem.of(source, user_id, report))
-        except (SessionError, OSError, ValueError, sqlite3.Error) as exc:
-            self._done.append(ImportItem.failure(source, user_id, exc, snapshot.fingerprint))
-        finally:
-            try:
-                dst.close()
-            except Exception as exc:  # noqa: BLE001 - reported, never fatal to the bulk run
-                log.warning("closing the session of %s failed: %s", user_id, type(exc).__name__)
-
-    def drain(self, *, final: bool = False) -> list[ImportItem]:
-        done, self._done = self._done, []
-        return done
-
-
-def user_id_from_filename(path: str | os.PathLike[str]) -> str:
-    """``user_123.session`` -> ``"123"`` (the original layout); ``alice.session`` -> ``"alice"``."""
-    stem = Path(path).name
-    if stem.endswith(".session"):
-        stem = stem[: -len(".session")]
-    if stem.startswith("user_") and len(stem) > len("user_"):
-        stem = stem[len("user_") :]
-    return stem
-
-
-def session_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The files to import: each file as given, and every ``*.session`` file directly in each directory."""
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(c for c in p.iterdir() if c.name.endswith(".session") and c.is_file()))
-        else:
-            out.append(p)
-    return out
-
-
-#: One source of a bulk import: ``(description, user id, read)``; ``read()`` returns the snapshot.
-Source = tuple[str, "str | None", Callable[[], SessionSnapshot]]
-
-
-def import_snapshots(
-    sources: Iterable[Source],
-    destination: Destination,
-    *,
-    total: int | None = None,
-    overwrite: bool = False,
-    progress: ProgressCallback | None = None,
-    report: BulkReport | None = None,
-    stop: Callable[[], bool] | None = None,
-) -> BulkReport:
-    """Copy many sessions into ``destination``, one at a time; the engine of every bulk import.
-
-    Each source is read only when its turn comes, so memory holds one session
-    (plus, for Firestore, one batch of writes). A source that cannot be read or
-    written is reported as failed and the others go on. ``progress(done, total,
-    item)`` is called as each outcome becomes final. Pass ``report`` to have it
-    filled in as the import goes, so that it is complete up to the point where a
-    ``KeyboardInterrupt`` stopped it.
-
-    ``stop()`` is asked before each source: once it returns ``True`` no further
-    source is read, what is pending is committed, and the report covers exactly
-    the sessions handled (a graceful stop, e.g. on the first Ctrl-C).
-    """
-    report = report if report is not None else BulkReport()
-    start = time.monotonic()
-    done = 0
-
-    def settle(items: Sequence[ImportItem]) -> None:
-        nonlocal done
-        for item in items:
-            report.items.append(item)
-            done += 1
-            if progress is not None:
-                progress(done, total, item)
-
-    try:
-        for source, user_id, read in sources:
-            if stop is not None and stop():
-                break
-            if user_id is None:
-                settle([ImportItem(source, None, FAILED, "no user id")])
-                continue
-            try:
-                SessionKey("bot", user_id)
-                snapshot = read()
-            except (SessionError, OSError, ValueError, sqlite3.Error) as exc:
-                settle([ImportItem.failure(source, user_id, exc)])
-                continue
-            destination.put(source, user_id, snapshot, overwrite=overwrite)
-            del snapshot
-            settle(destination.drain())
-        settle(destination.drain(final=True))
-    finally:
-        destination.account(report)
-        report.elapsed = time.monotonic() - start
-    return report
-
-
-def import_session_files(
-    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-    destination: Destination,
-    *,
-    user_id: str | None = None,
-    overwrite: bool = False,
-    progress: ProgressCallback | None = None,
-    report: BulkReport | None = None,
-    stop: Callable[[], bool] | None = None,
-) -> BulkReport:
-    """Import Telethon ``.session`` files: a file, a directory of them, or a list of either.
-
-    The user id comes from the file name (``user_123.session`` -> ``123``), or from
-    ``user_id`` for a single file. Files are read read-only and never modified. A
-    file that cannot be read is reported as failed and the others go on; fix it and
-    run the import again: sessions already imported come out ``"unchanged"``.
-
-    Pass ``report`` to have it filled in as the import goes (useful when the run
-    may be interrupted), and ``stop`` to end it early (see :func:`import_snapshots`).
-    """
-    files = session_files(paths)
-    if user_id is not None and len(files) != 1:
-        raise ValueError("user_id can only be given for a single file")
-
-    def sources() -> Iterator[Source]:
-        for f in files:
-            yield str(f), user_id or user_id_from_filename(f), functools.partial(read_session_file, f)
-
-    return import_snapshots(
-        sources(), destination, total=len(files), overwrite=overwrite, progress=progress, report=report, stop=stop
-    )
-
-
-def import_string_session(
-    string: str,
-    user_id: str,
-    destination: Destination,
-    *,
-    overwrite: bool = False,
-    report: BulkReport | None = None,
-) -> BulkReport:
-    """Import one ``StringSession`` string as the session of ``user_id``."""
-    return import_snapshots(
-        [("string", user_id, functools.partial(read_string_session, string))],
-        destination,
-        total=1,
-        overwrite=overwrite,
-        report=report,
-    )
-
-
-# The Firestore importer builds on the names above and lives with the Firestore backend.
+# The bulk importers and the Firestore importer build on the names above and live apart.
+from .bulk import (  # noqa: E402
+    BulkReport,
+    Destination,
+    ImportItem,
+    ProgressCallback,
+    SessionDestination,
+    Source,
+    import_session_files,
+    import_snapshots,
+    import_string_session,
+    session_files,
+    user_id_from_filename,
+)
 from .firestore.importer import (  # noqa: E402
     LEGACY_BACKUP_FIELD,
     LEGACY_FIELD,

@@ -53,7 +53,17 @@ class Periodic(Protocol):
 
 
 class WriterStats:
-    """A snapshot of the writer's health, for ``health_check()`` and monitoring."""
+    """A snapshot of the writer's health, for ``health_check()`` and monitoring.
+
+    :param queue_depth: records waiting to be written.
+    :param failed_writes: writes that raised (each was retried).
+    :param written_records: records written since the process started.
+    :param flushes: successful writes (one per store and round) since the process started.
+    :param last_error: the last failed write's exception type and store (never a secret), or ``None``.
+    :param dropped_records: records dropped because their store was given up (a damaged file).
+    :param failed_stores: where the stores that were given up live (while they are in use,
+        until written again or deleted).
+    """
 
     __slots__ = (
         "dropped_records",
@@ -80,12 +90,11 @@ class WriterStats:
         self.written_records = written_records
         self.flushes = flushes
         self.last_error = last_error
-        #: Records dropped because their store was given up (a damaged file).
         self.dropped_records = dropped_records
-        #: Where the stores that were given up live (while they are in use, until written again or deleted).
         self.failed_stores = failed_stores
 
     def as_dict(self) -> dict[str, object]:
+        """The fields by name (for JSON)."""
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __repr__(self) -> str:
@@ -95,13 +104,19 @@ class WriterStats:
 class BackgroundWriter:
     """Writes sessions' changes behind, from a single daemon thread.
 
-    ``interval`` is how long the thread waits between periodic calls of
-    ``Store.periodic()`` (lease renewal). ``submit()`` runs on the event loop
-    (``save()``, the flush timer), so it takes no lock and wakes no thread: a lock that
-    the writer's thread holds while it waits for the GIL, or waking that thread (a
-    system call that can take a millisecond on a virtual machine), would stall the
-    loop. It appends to an inbox (``deque.append`` is atomic); the thread takes the
-    inbox every ``poll`` seconds, and at once when :meth:`flush` wakes it.
+    :meth:`submit` runs on the event loop (``save()``, the flush timer), so it takes no
+    lock and wakes no thread: a lock that the writer's thread holds while it waits for the
+    GIL, or waking that thread (a system call that can take a millisecond on a virtual
+    machine), would stall the loop. It appends to an inbox (``deque.append`` is atomic);
+    the thread takes the inbox every ``poll`` seconds, and at once when :meth:`flush`
+    wakes it. :meth:`flush`, :meth:`discard` and :meth:`stop` block the calling thread.
+    Sessions use the process-wide one, :meth:`get`.
+
+    :param interval: seconds between calls of ``Store.periodic()`` (lease renewal).
+    :param poll: seconds between looks at the inbox.
+    :param min_backoff: seconds before the first retry of a failed write.
+    :param max_backoff: the longest wait between retries (the wait doubles up to it).
+    :param name: the thread's name.
     """
 
     _instance: ClassVar[BackgroundWriter | None] = None
@@ -161,9 +176,12 @@ class BackgroundWriter:
     # -- API used by sessions -----------------------------------------------------------
 
     def submit(self, store: Store, batch: Batch) -> None:
-        """Queue ``batch`` (``Changes``, or a session's hand-off) for ``store``. Constant time; never raises.
+        """Queue ``batch`` for ``store``. Constant time; never raises.
 
         It is written within ``poll`` seconds (sooner if someone calls :meth:`flush`).
+
+        :param store: where to write.
+        :param batch: ``Changes``, or a session's hand-off (anything with ``build()`` and ``done()``).
         """
         self._inbox.append((store, batch))
         thread = self._thread
@@ -179,7 +197,10 @@ class BackgroundWriter:
             self._pending.setdefault(store, []).append(batch)
 
     def discard(self, store: Store) -> None:
-        """Drop whatever is queued for ``store`` (it is being deleted) and wait for an in-flight write."""
+        """Drop whatever is queued for ``store`` (it is being deleted) and wait for an in-flight write.
+
+        :param store: the store.
+        """
         with self._cond:
             self._take_inbox()
             self._pending.pop(store, None)
@@ -192,13 +213,20 @@ class BackgroundWriter:
                 self._cond.wait(0.05)
 
     def register_periodic(self, task: Periodic) -> None:
-        """Call ``task.periodic()`` about every ``interval`` seconds until unregistered."""
+        """Call ``task.periodic()`` about every ``interval`` seconds until unregistered.
+
+        :param task: anything with ``where`` and ``periodic()``.
+        """
         with self._cond:
             self._periodic[task] = None
             self._ensure_thread()
             self._cond.notify_all()
 
     def unregister_periodic(self, task: Periodic) -> None:
+        """Stop calling ``task.periodic()``.
+
+        :param task: as given to :meth:`register_periodic`.
+        """
         with self._cond:
             self._periodic.pop(task, None)
 
@@ -206,6 +234,9 @@ class BackgroundWriter:
         """Wait until ``store``'s changes (or all, for ``None``) are written; ``False`` on timeout.
 
         Also ``False`` for a store that was given up (its changes were dropped).
+
+        :param store: the store, or ``None`` for every store.
+        :param timeout: seconds to wait.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -229,12 +260,17 @@ class BackgroundWriter:
                 self._cond.wait(min(remaining, 0.1))
 
     def pending_records(self, store: Store | None = None) -> int:
+        """How many records wait to be written.
+
+        :param store: only this store's; ``None`` for every store.
+        """
         with self._cond:
             self._take_inbox()
             queues = [self._pending.get(store, [])] if store is not None else list(self._pending.values())
             return sum(len(b) for q in queues for b in q)
 
     def stats(self) -> WriterStats:
+        """A snapshot of the writer's health."""
         depth = self.pending_records()
         with self._cond:
             failed = tuple(s.where for s in self._failed)
@@ -355,7 +391,11 @@ class BackgroundWriter:
             self._cond.notify_all()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Flush everything (bounded by ``timeout``) and stop the thread."""
+        """Flush everything and stop the thread.
+
+        :param timeout: seconds to wait for the flush and for the thread.
+        :returns: ``False`` if something was left unwritten.
+        """
         done = self.flush(None, timeout)
         with self._cond:
             self._stopping = True

@@ -121,9 +121,16 @@ class FirestoreDestination(migrate.Destination):
     names) are sealed exactly as ``FirestoreSession(cipher=...)`` seals them.
     Memory holds one session's records plus one batch. Each session costs one read
     of its document (two more queries when it has to be merged). A session is
-    reported once all its writes are committed; a failed commit (each ends within
-    ``rpc_timeout`` seconds, retries included) reports each session in it as failed,
-    and running the import again completes them.
+    reported once all its writes are committed; a failed commit reports each session
+    in it as failed, and running the import again completes them.
+
+    :param client: the Firestore client.
+    :param bot_id: the bot whose sessions these are.
+    :param batch_size: writes per commit (at most 500).
+    :param rpc_timeout: seconds each commit may take, retries included.
+    :param cipher: seals the sessions as ``FirestoreSession(cipher=...)`` does.
+    :param encrypt_pii: also seal entity fields (needs ``cipher``).
+    :param store_factory: builds the store of a key (tests); default a ``FirestoreStore``.
     """
 
     def __init__(
@@ -237,6 +244,8 @@ def decode_legacy_session_data(value: object, where: str = "session_data") -> Se
     ``b"SQLite format 3\\x00"`` after decoding). A ``StringSession`` string, plain or
     base64-encoded, and raw bytes of a ``.session`` file are accepted too.
 
+    :param value: the field's value.
+    :param where: how errors name it.
     :raises SessionCorruptError: if the value is none of these.
     """
     if not isinstance(value, (bytes, str)):
@@ -299,9 +308,21 @@ def import_legacy_documents(
     ``legacy_session_data``), without one it stays in the clear, as the original was.
 
     Documents already in the new layout without ``session_data`` are not touched.
-    Running it again is safe. Pages through the collection ``page_size`` documents
-    at a time; ``user_ids`` restricts it to those users (one read each). ``stop``
-    ends it early (see :func:`~telethon_firestore_session.migrate.import_snapshots`).
+    Running it again is safe. Blocks the calling thread.
+
+    :param client: the Firestore client.
+    :param bot_id: the bot whose documents are converted.
+    :param user_ids: only these users (one read each); default every document, page by page.
+    :param overwrite: replace a different login already in the new layout.
+    :param keep_backup: keep ``legacy_session_data``; ``False`` drops it.
+    :param cipher: seals the sessions and the backup.
+    :param encrypt_pii: also seal entity fields (needs ``cipher``).
+    :param batch_size: writes per commit (at most 500).
+    :param page_size: documents per page when listing the collection.
+    :param progress: see :func:`~telethon_firestore_session.migrate.import_snapshots`.
+    :param report: see :func:`~telethon_firestore_session.migrate.import_snapshots`.
+    :param destination: a ready :class:`FirestoreDestination` (else one is made from the above).
+    :param stop: see :func:`~telethon_firestore_session.migrate.import_snapshots`.
     """
     dest = destination or FirestoreDestination(
         client, bot_id, batch_size=batch_size, cipher=cipher, encrypt_pii=encrypt_pii

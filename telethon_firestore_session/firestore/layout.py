@@ -80,7 +80,11 @@ def sessions_collection(client: firestore.Client, bot_id: str) -> firestore.Coll
 
 
 def session_document(client: firestore.Client, key: SessionKey) -> firestore.DocumentReference:
-    """The session document of ``key``: ``bots/{bot_id}/user_sessions/{user_id}``, the bot's ``bot_session/session``."""
+    """The session document of ``key``: ``bots/{bot_id}/user_sessions/{user_id}``, the bot's ``bot_session/session``.
+
+    :param client: the Firestore client (no call is made).
+    :param key: the session's key.
+    """
     if isinstance(key, BotSessionKey):
         doc: firestore.DocumentReference = bot_document(client, key.bot_id).collection(BOT_SESSION).document("session")
         return doc
@@ -303,7 +307,13 @@ def _int_id(text: object) -> int | None:
 
 
 def parse_session_document(data: dict[str, Any], where: str) -> StoredSession:
-    """Validate a session document and turn it into a :class:`StoredSession` (the auth key as stored)."""
+    """Validate a session document and turn it into a :class:`StoredSession` (the auth key as stored).
+
+    :param data: the document's fields.
+    :param where: how errors name the document.
+    :raises SchemaVersionError: if a newer version wrote it.
+    :raises SessionCorruptError: if it has the wrong shape.
+    """
     version = data.get("schema_version")
     if version is None and "session_data" in data:
         raise SessionCorruptError(

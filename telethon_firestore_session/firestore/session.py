@@ -21,11 +21,13 @@ __all__ = ["FirestoreSession", "make_client", "rotate_firestore_sessions"]
 
 
 def make_client(project: str | None = None, credentials: Any = None) -> firestore.Client:
-    """Build a Firestore client the standard way.
+    """Build a Firestore client the standard way (no network call yet).
 
-    The project comes from ``project`` or ``GOOGLE_CLOUD_PROJECT``; credentials
-    from ``credentials`` or Application Default Credentials. With
-    ``FIRESTORE_EMULATOR_HOST`` set, no credentials are needed.
+    With ``FIRESTORE_EMULATOR_HOST`` set, no credentials are needed.
+
+    :param project: the Google Cloud project; default ``GOOGLE_CLOUD_PROJECT``.
+    :param credentials: ``google.auth`` credentials; default Application Default Credentials.
+    :raises ConfigError: if no client can be made (no project or credentials).
     """
     from google.cloud import firestore
 
@@ -60,6 +62,14 @@ def rotate_firestore_sessions(
     interruption: only documents that are not current are rewritten, each only
     if it did not change since it was read.
 
+    Blocks the calling thread (from async code: ``asyncio.to_thread``).
+
+    :param client: the Firestore client.
+    :param bot_id: the bot whose sessions are re-sealed.
+    :param cipher: the cipher with the current key and the old ones.
+    :param user_id: only this user's session; default every session of the bot.
+    :param encrypt_pii: also seal plaintext entity fields.
+    :param rpc_timeout: seconds each Firestore call may take, retries included.
     :returns: how many sessions had at least one document rewritten.
     :raises SessionRotationError: sessions that fail (a value that does not open,
         a document in the original system's format, a failed Firestore call) are
@@ -93,7 +103,8 @@ class FirestoreSession(SessionCore):
       (Telethon calls it every minute and on disconnect) or after
       ``state_flush_interval`` seconds: the session document is written at most
       about once a minute, never for entities alone.
-    * ``close()`` flushes, waiting at most ``close_timeout`` seconds.
+    * ``close()`` flushes, waiting at most ``close_timeout`` seconds. Creating the object,
+      ``save()``, ``close()`` and lazy lookups block the calling thread, as Telethon calls them.
     * Entities not in memory are looked up lazily (one point read or one query,
       bounded by ``lookup_timeout``); the answer is cached, misses included. The
       lookup runs on the caller's thread (the event loop), so the default is 1 s:
@@ -118,6 +129,12 @@ class FirestoreSession(SessionCore):
     :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`
         (e.g. ``SessionCipher.from_env()``), or ``None`` to store plaintext.
     :param encrypt_pii: also seal entity usernames, phone numbers and names (needs ``cipher``).
+    :param flush_interval: seconds within which changed entities and sent files are written.
+    :param state_flush_interval: seconds between writes of changed update states alone.
+    :param close_timeout: seconds ``close()`` waits for the background writer.
+    :param rpc_timeout: seconds each Firestore read or write may take, retries included.
+    :param lookup_timeout: seconds one lazy lookup may take.
+    :raises ConfigError: for ``encrypt_pii=True`` without a ``cipher``, or no client can be made.
     :raises InvalidSessionIdError: for a ``user_id``/``bot_id`` that could escape its place.
     :raises SessionDecryptionError: if the stored auth key cannot be opened (wrong or
         missing key, tampered, or copied from another session); nothing is written.
@@ -176,10 +193,12 @@ class FirestoreSession(SessionCore):
 
     @property
     def user_id(self) -> str:
+        """The user's id, as stored (``"bot"`` for the bot's own session)."""
         return self.key.user_id
 
     @property
     def bot_id(self) -> str:
+        """The bot's id."""
         return self.key.bot_id
 
     @property

@@ -104,12 +104,15 @@ class UserSessionManager(Lifecycle):
 
     ``async with manager:``, ``manager.run(main)`` (which also stops on SIGTERM/SIGINT: see
     :class:`.lifecycle.Lifecycle`) or :meth:`aclose` end by closing every client (flushed) and lease.
+    Its coroutines run storage calls in worker threads (``asyncio.to_thread``), so they never
+    block the event loop; what each write makes durable: ``ARCHITECTURE.md``, "Durability".
 
     :param bot_id: the bot (or application) whose users these are.
     :param backend: ``"sqlite"`` (default) or ``"firestore"``.
     :param sessions_dir: where SQLite sessions live (``{sessions_dir}/{bot_id}/``).
     :param firestore_client: a ``google.cloud.firestore.Client`` (else one is built
-        from ``project``/``GOOGLE_CLOUD_PROJECT`` and closed by :meth:`aclose`).
+        from ``project`` and closed by :meth:`aclose`).
+    :param project: the Google Cloud project for that client (default ``GOOGLE_CLOUD_PROJECT``).
     :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`: seals
         auth keys, per-user ``api_hash`` and pending logins (both backends).
     :param encrypt_pii: also seal entity usernames, phone numbers and names in the
@@ -125,8 +128,8 @@ class UserSessionManager(Lifecycle):
     :param idle_timeout: seconds after which an unused client is disconnected.
     :param lease_ttl: seconds a Firestore lease lasts without renewal (renewed every third).
     :param login_timeout: seconds a pending login (the code sent by ``begin_login``) stays valid.
-    :param flush_interval: the sessions' write-behind interval (entities, sent files);
-        ``state_flush_interval`` that of update states (Telethon's ``save()`` writes them too).
+    :param flush_interval: the sessions' write-behind interval (entities, sent files).
+    :param state_flush_interval: that of update states (Telethon's ``save()`` writes them too).
     :param entity_cache_mb: sets the process-wide entity memory budget (``EntityBudget``), in MiB.
     :param flush_timeout: how long closing a client waits for its session to be written.
     :param rpc_timeout: deadline of each Firestore call made by the directory and sessions.
@@ -234,6 +237,7 @@ class UserSessionManager(Lifecycle):
 
     @property
     def bot_id(self) -> str:
+        """The bot whose users these are."""
         return self._directory.bot_id
 
     @property
@@ -266,10 +270,12 @@ class UserSessionManager(Lifecycle):
         The original system's ``success = await create_user_session(...)``; to know
         whether the user is new, call :meth:`register_user`.
 
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
         :param api_id: the user's own Telegram API id (optional; with ``api_hash``).
             Stored with the session, the hash sealed when a cipher is configured.
             New credentials for a known user replace theirs (an open client keeps
             the old ones until it is reopened).
+        :param api_hash: the user's own Telegram API hash.
         :raises InvalidSessionIdError: for an id that could escape its place.
         :raises SessionStoreError: the backend failed (nothing was registered).
         """
@@ -279,7 +285,12 @@ class UserSessionManager(Lifecycle):
     async def register_user(
         self, user_id: str | int, *, api_id: int | None = None, api_hash: str | None = None
     ) -> bool:
-        """Register a user like :meth:`create_user_session`; ``True`` if they are new, ``False`` if they were known."""
+        """Register a user like :meth:`create_user_session`; ``True`` if they are new, ``False`` if they were known.
+
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
+        :param api_id: as in :meth:`create_user_session`.
+        :param api_hash: as in :meth:`create_user_session`.
+        """
         uid = validate_id("user_id", user_id)
         self._check_open()
         if (api_id is None) != (api_hash is None):
@@ -301,6 +312,7 @@ class UserSessionManager(Lifecycle):
         While another live instance holds the user (Firestore), it is asked to hand
         the session over, and this waits up to ``handoff_timeout`` seconds.
 
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
         :raises SessionInUseError: another instance (lease) or process (file lock) has it.
         :raises SessionStoreError: the backend failed.
         :raises SessionClosedError: after :meth:`aclose`.
@@ -311,7 +323,10 @@ class UserSessionManager(Lifecycle):
         return client
 
     async def is_logged_in(self, user_id: str | int) -> bool:
-        """Whether the user is logged in, as last recorded (no Telegram round trip)."""
+        """Whether the user is logged in, as last recorded (no Telegram round trip).
+
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
+        """
         uid = validate_id("user_id", user_id)
         self._check_open()
         entry = self._cache.get(uid)
@@ -329,6 +344,8 @@ class UserSessionManager(Lifecycle):
         its expiry, ``login_timeout`` from now) is durable when this returns, so
         :meth:`complete_login` may run after a restart or on another instance.
 
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
+        :param phone: the phone number (any format Telethon parses).
         :returns: ``CODE_SENT`` (with ``expires_at``), ``ALREADY_LOGGED_IN``,
             ``INVALID_PHONE``, ``FLOOD_WAIT`` or ``FAILED``.
         :raises SessionInUseError: another instance or process has the session.
@@ -353,6 +370,9 @@ class UserSessionManager(Lifecycle):
         or, after a ``PASSWORD_NEEDED`` result, in a second call (the code is then
         ignored).
 
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
+        :param code: the code Telegram sent.
+        :param password: the account's two-step verification password, if it has one.
         :returns: ``LOGGED_IN`` (with ``telegram_user_id``), ``ALREADY_LOGGED_IN``,
             ``PASSWORD_NEEDED``, ``INVALID_CODE``, ``CODE_EXPIRED``,
             ``INVALID_PASSWORD``, ``NO_PENDING_LOGIN``, ``SIGN_UP_REQUIRED``,
@@ -376,6 +396,8 @@ class UserSessionManager(Lifecycle):
         free here (it is opened if needed). If Telegram cannot be reached the
         records are removed anyway.
 
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
+        :param log_out: log the client out of Telegram first.
         :returns: ``True`` if there was anything to remove.
         :raises SessionInUseError: another instance or process has the session.
         :raises SessionStoreError: the backend failed.
@@ -439,6 +461,8 @@ class UserSessionManager(Lifecycle):
         users out of Telegram (that needs a connection per user); use
         :meth:`delete_user_session` for that.
 
+        :param days: the age, in days, of the oldest ``last_active_at`` kept.
+        :param dry_run: only list what would be removed.
         :returns: the user ids removed (with ``dry_run``, those that would be).
         """
         self._check_open()
@@ -464,11 +488,16 @@ class UserSessionManager(Lifecycle):
         Also: ``backend_latency_ms``, ``error``, ``writer`` (``queue_depth``,
         ``failed_writes``, ``new_failed_writes``, ``last_error``), ``leases``
         (``held``, ``lost``, ``failing``, ``holder``, ``ttl``), ``active_clients``.
+
+        :param timeout: seconds for the backend round trip; default ``health_timeout``.
         """
         return await self._health.run(self.health_timeout if timeout is None else timeout, closed=self._closed)
 
     def for_user(self, user_id: str | int) -> UserSession:
-        """A handle that exposes only ``user_id``'s own client, login and session info."""
+        """A handle that exposes only ``user_id``'s own client, login and session info.
+
+        :param user_id: the user (str or int; checked by :func:`~telethon_firestore_session.ids.validate_id`).
+        """
         return UserSession(self, validate_id("user_id", user_id))
 
     async def start_bot(self, client: TelegramClient, *, bot_token: str) -> TelegramClient:
@@ -478,6 +507,8 @@ class UserSessionManager(Lifecycle):
         makes no new bot login. Another instance that asks for the bot session gets it at
         once: this client is flushed and disconnected (``run_until_disconnected()`` returns).
 
+        :param client: a ``TelegramClient`` on :func:`~telethon_firestore_session.create_bot_session`'s session.
+        :param bot_token: the bot's token.
         :raises ConfigError: ``client.session`` is not this bot's own session.
         """
         self._check_open()
@@ -503,6 +534,9 @@ class UserSession:
 
     Returned by :meth:`UserSessionManager.for_user`. It has no listing, stats,
     cleanup or other users' operations, and no way to name another user.
+
+    :param manager: the manager.
+    :param user_id: the user, already validated.
     """
 
     __slots__ = ("__manager", "__user_id")
@@ -516,10 +550,15 @@ class UserSession:
 
     @property
     def user_id(self) -> str:
+        """The user."""
         return self.__user_id
 
     async def register(self, *, api_id: int | None = None, api_hash: str | None = None) -> bool:
-        """Register this user (optionally with their own API credentials); ``True`` if new."""
+        """Register this user; ``True`` if new (see :meth:`UserSessionManager.create_user_session`).
+
+        :param api_id: the user's own Telegram API id (optional; with ``api_hash``).
+        :param api_hash: the user's own Telegram API hash.
+        """
         return await self.__manager.register_user(self.__user_id, api_id=api_id, api_hash=api_hash)
 
     async def get_client(self) -> TelegramClient | None:
@@ -527,12 +566,22 @@ class UserSession:
         return await self.__manager.get_user_client(self.__user_id)
 
     async def begin_login(self, phone: str) -> LoginResult:
+        """Send this user the login code; see :meth:`UserSessionManager.begin_login`.
+
+        :param phone: the phone number.
+        """
         return await self.__manager.begin_login(self.__user_id, phone)
 
     async def complete_login(self, code: str | int, password: str | None = None) -> LoginResult:
+        """Finish this user's login; see :meth:`UserSessionManager.complete_login`.
+
+        :param code: the code Telegram sent.
+        :param password: the two-step verification password, if the account has one.
+        """
         return await self.__manager.complete_login(self.__user_id, code, password)
 
     async def is_logged_in(self) -> bool:
+        """Whether this user is logged in, as last recorded."""
         return await self.__manager.is_logged_in(self.__user_id)
 
     async def info(self) -> UserSessionInfo | None:
@@ -554,6 +603,8 @@ def create_user_session_manager_from_config(config: SessionConfig | None = None,
     to :class:`UserSessionManager` and override them. On Render the lease holder id
     names the instance (``RENDER_INSTANCE_ID``).
 
+    :param config: the configuration; default ``SessionConfig.from_env()`` (its client is then
+        the manager's, closed by :meth:`~UserSessionManager.aclose`).
     :raises ConfigError: a missing or invalid setting, at start-up.
     """
     from telethon_firestore_session.config import SessionConfig

@@ -41,15 +41,19 @@ class LoginStatus(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LoginResult:
-    """The outcome of :meth:`UserSessionManager.begin_login` or :meth:`~UserSessionManager.complete_login`."""
+    """The outcome of :meth:`UserSessionManager.begin_login` or :meth:`~UserSessionManager.complete_login`.
+
+    :param status: what the step did.
+    :param message: a human-readable message (never a code, password or key).
+    :param expires_at: ``CODE_SENT``: until when ``complete_login`` can finish this login.
+    :param retry_after: ``FLOOD_WAIT``: seconds Telegram asks to wait.
+    :param telegram_user_id: ``LOGGED_IN``/``ALREADY_LOGGED_IN``: the Telegram id of the account.
+    """
 
     status: LoginStatus
     message: str
-    #: ``CODE_SENT``: until when ``complete_login`` can finish this login.
     expires_at: datetime.datetime | None = None
-    #: ``FLOOD_WAIT``: seconds Telegram asks to wait.
     retry_after: int | None = None
-    #: ``LOGGED_IN``/``ALREADY_LOGGED_IN``: the Telegram id of the account.
     telegram_user_id: int | None = None
 
     @property
@@ -60,23 +64,36 @@ class LoginResult:
 
 @dataclasses.dataclass(frozen=True)
 class UserSessionInfo:
-    """One user's session, as :meth:`UserSessionManager.list_user_sessions` reports it (no secrets)."""
+    """One user's session, as :meth:`UserSessionManager.list_user_sessions` reports it (no secrets).
+
+    :param user_id: the user.
+    :param registered_at: when the user was registered.
+    :param last_active_at: when the user's session was last used.
+    :param logged_in: logged in, as recorded at the last login or check.
+    :param login_pending: a login was begun and not finished.
+    :param custom_api: the user has their own ``api_id``/``api_hash``.
+    :param active: this manager has the user's client open.
+    :param in_use_by: the holder of another instance's unexpired lease (Firestore), else ``None``.
+    """
 
     user_id: str
     registered_at: datetime.datetime | None
     last_active_at: datetime.datetime | None
     logged_in: bool
     login_pending: bool
-    #: The user has their own ``api_id``/``api_hash``.
     custom_api: bool
-    #: This manager has the user's client open.
     active: bool
-    #: The holder of another instance's unexpired lease (Firestore), else ``None``.
     in_use_by: str | None
 
     @classmethod
     def from_record(cls, r: UserRecord, *, active: bool, holder_id: str, now: datetime.datetime) -> UserSessionInfo:
-        """The info of a directory record, as seen by the manager ``holder_id`` at ``now``."""
+        """The info of a directory record, as seen by the manager ``holder_id`` at ``now``.
+
+        :param r: the directory's record of the user.
+        :param active: this manager has the user's client open.
+        :param holder_id: this manager's lease holder id (its own lease is not "in use").
+        :param now: the time leases are compared with.
+        """
         lease = r.lease
         return cls(
             user_id=r.user_id,
@@ -90,6 +107,7 @@ class UserSessionInfo:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields by name, times as ISO 8601 text (for JSON)."""
         data = dataclasses.asdict(self)
         for name in ("registered_at", "last_active_at"):
             value = data[name]

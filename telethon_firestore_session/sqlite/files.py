@@ -201,6 +201,8 @@ def check_bot_dir(base: str, bot: str, bot_id: str) -> None:
 def session_path(sessions_dir: str | os.PathLike[str], key: SessionKey) -> Path:
     """``{sessions_dir}/{bot_id}/user_{user_id}.session`` (absolute); ``bot.session`` for a :class:`BotSessionKey`.
 
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param key: the session's key.
     :raises InvalidSessionIdError: if an id is invalid, the bot directory (through a
         symbolic link) lies outside ``sessions_dir``, or the session file is a symbolic link.
     """
@@ -494,6 +496,9 @@ def read_metadata(sessions_dir: str | os.PathLike[str], bot_id: str) -> dict[str
     and ``size`` (bytes of the session file and its write-ahead log). If the file is
     missing or unreadable, the entries are rebuilt from the ``.session`` files
     (a warning is logged when it was unreadable); nothing is written here.
+
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param bot_id: the bot.
     """
     _, directory = bot_dir(sessions_dir, bot_id)
     found = {uid: _session_entry(uid, e) for uid, e in load_metadata(directory).items()}
@@ -506,6 +511,9 @@ def list_sqlite_sessions(sessions_dir: str | os.PathLike[str], bot_id: str) -> l
     The files decide what exists: an entry whose file is gone is left out, a file
     without an entry gets one from the file's modification time, and ``size`` is
     measured now.
+
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param bot_id: the bot.
     """
     _, directory = bot_dir(sessions_dir, bot_id)
     entries = read_metadata(sessions_dir, bot_id)

@@ -2,16 +2,14 @@
 
 Everything that knows the layout of a Telethon ``.session`` file is here:
 
-* the tables, exactly as ``telethon.sessions.SQLiteSession`` creates them, our
-  lookup indexes and our side table of sealed entity fields (Telethon ignores both);
-* :func:`upgrade`: Telethon's ``_upgrade_database``, step by step, for files of
-  older versions;
-* reading: :func:`inspect` and the row readers that the store uses on its own files,
-  and :func:`read_session_file` / :func:`read_snapshot`, which read a file of any
-  version into a :class:`~telethon_firestore_session.core.SessionSnapshot` without
-  modifying it; :func:`read_auth_key` reads only the stored auth key (``doctor``);
-* writing: :func:`write_session_file`, a complete schema-8 file from a snapshot,
-  which plain ``SQLiteSession(path)`` opens;
+* the tables, exactly as ``telethon.sessions.SQLiteSession`` creates them, our lookup indexes
+  and our side table of sealed entity fields (Telethon ignores both);
+* :func:`upgrade`: Telethon's ``_upgrade_database``, step by step, for files of older versions;
+* reading: :func:`inspect` and the row readers that the store uses on its own files, and
+  :func:`read_session_file` / :func:`read_snapshot`, which read a file of any version into a
+  :class:`~telethon_firestore_session.core.SessionSnapshot` without modifying it;
+  :func:`read_auth_key` reads only the stored auth key (``doctor``);
+* writing: :func:`write_session_file`, a complete schema-8 file from a snapshot;
 * :class:`EntityCodec`: entity rows in and out of ``entities`` and the side table,
   sealing usernames, phones and names with a :class:`~telethon_firestore_session.sealing.Sealer`.
 
@@ -20,10 +18,10 @@ Layout of sealed entity fields (``encrypt_pii=True``)::
     entities(id, hash, username, phone, name, date)     username/phone/name hold "bi:" + blind index
     tfs_sealed_entities(id primary key, username, phone, name)   the sealed values (blobs)
 
-A field counts as sealed when its column starts with ``bi:`` *and* the side table has
-a value for it; the opened value must hash to that index, else the row was changed
-outside this library and reading it raises. A row that plain Telethon rewrote in
-plaintext is read as plaintext (its stale side row is ignored).
+A field counts as sealed when its column starts with ``bi:`` *and* the side table has a value
+for it; the opened value must hash to that index, else the row was changed outside this library
+and reading it raises. A row that plain Telethon rewrote in plaintext is read as plaintext (its
+stale side row is ignored).
 """
 
 from __future__ import annotations
@@ -302,9 +300,10 @@ def quick_check(conn: sqlite3.Connection) -> str | None:
 def check_file(path: str | os.PathLike[str], *, timeout: float = 1.0) -> str | None:
     """Run SQLite's ``pragma quick_check`` on a session file: ``None`` if it is sound, else what is wrong.
 
-    Read-only and without the session's lock, so a running bot is not disturbed and the
-    file is never modified (``doctor`` runs it on every session file).
+    Read-only and without the session's lock: a running bot is not disturbed (``doctor`` runs it).
 
+    :param path: the session file.
+    :param timeout: seconds to wait for a busy file.
     :raises SessionStoreError: if the file cannot be checked now (busy, unreadable).
     """
     p = Path(path)
@@ -484,11 +483,11 @@ def read_snapshot(conn: sqlite3.Connection, where: str) -> SessionSnapshot:
 def read_session_file(path: str | os.PathLike[str], *, read_only: bool = True) -> SessionSnapshot:
     """Read a Telethon ``.session`` file (any schema version) without modifying it.
 
-    The file is opened read-only (``read_only=False`` only for a private copy, e.g. one
-    in WAL mode without its ``-shm``); unlike ``SQLiteSession(path)`` this never creates a
-    missing file and never upgrades an old one in place. It takes no lock: reading a
-    file that a running process is writing sees its last committed state.
+    Unlike ``SQLiteSession(path)`` this never creates a missing file and never upgrades an old
+    one in place. It takes no lock: it sees the last committed state of a file being written.
 
+    :param path: the file.
+    :param read_only: ``False`` only for a private copy (e.g. one in WAL mode without its ``-shm``).
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises SessionCorruptError: if it is not a Telethon session database, its auth key
         is not a plaintext one, or its entity fields are sealed (see :func:`read_snapshot`).
@@ -515,6 +514,8 @@ def read_auth_key(path: str | os.PathLike[str], *, timeout: float = 1.0) -> byte
 
     Read-only and without the session's lock, so a running bot is not disturbed.
 
+    :param path: the session file.
+    :param timeout: seconds to wait for a busy file.
     :raises SessionStoreError: if the file cannot be read as a Telethon session.
     """
     p = Path(path)
@@ -651,12 +652,12 @@ def _write_records(conn: sqlite3.Connection, snap: SessionSnapshot) -> None:
 def write_session_file(snapshot: SessionSnapshot, path: str | os.PathLike[str], *, replace: bool = False) -> Path:
     """Write ``snapshot`` as a complete Telethon schema-8 file that plain ``SQLiteSession(path)`` opens.
 
-    The file holds the DC, the plaintext auth key, the takeout id, the entities
-    (without a date: now), the update states and the sent files, in Telethon's own
-    tables and journal mode, with mode 0600. It is written beside ``path`` and renamed
-    into place, so ``path`` is either absent/untouched or complete, also after a crash.
-    ``path`` is used as given (Telethon appends ``.session`` to names without it).
+    The file holds the DC, the plaintext auth key, the takeout id, the entities (without a date:
+    now), the update states and the sent files, in Telethon's own tables and journal mode, mode
+    0600. Written beside ``path`` and renamed into place: ``path`` is untouched or complete.
 
+    :param snapshot: the session to write.
+    :param path: the file, used as given (Telethon appends ``.session`` to names without it).
     :param replace: replace an existing file (atomically); otherwise an existing file is kept.
     :returns: ``path``.
     :raises FileExistsError: if ``path`` exists and ``replace`` is false (nothing is written).

@@ -39,6 +39,13 @@ def rotate_sqlite_sessions(
     skipped and reported, never written; it is re-sealed by its own next ``save()``
     (the auth key) or by running this again once it is closed.
 
+    Blocks the calling thread (from async code: ``asyncio.to_thread``).
+
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param bot_id: the bot whose sessions are re-sealed.
+    :param cipher: the cipher with the current key and the old ones.
+    :param user_id: only this user's session; default every session file of the bot.
+    :param encrypt_pii: also seal plaintext entity fields.
     :returns: how many sessions had at least one row rewritten.
     :raises SessionRotationError: once the others are done, if some sessions were
         skipped (in use, a value that does not open, an unreadable file). It lists
@@ -73,6 +80,8 @@ class ScopedSQLiteSession(SessionCore):
       every minute and on disconnect) or after ``state_flush_interval`` seconds.
     * ``close()`` flushes (waiting at most ``close_timeout``), closes the file and
       releases the lock. Using the session again re-opens the file and takes the lock.
+    * Creating the object, ``save()``, ``close()`` and lazy lookups block the calling
+      thread, as Telethon calls them (small local reads and one fsync at most).
 
     Encryption at rest (``cipher``): the auth key is sealed in ``sessions.auth_key`` and
     opened when the session is created; a plaintext one (a file written without a
@@ -92,6 +101,9 @@ class ScopedSQLiteSession(SessionCore):
     :param cipher: a :class:`~telethon_firestore_session.crypto.SessionCipher`
         (e.g. ``SessionCipher.from_env()``), or ``None`` to store plaintext.
     :param encrypt_pii: also seal entity usernames, phone numbers and names (needs ``cipher``).
+    :param flush_interval: seconds within which changed entities and sent files are written.
+    :param state_flush_interval: seconds between writes of changed update states alone.
+    :param close_timeout: seconds ``close()`` waits for the background writer.
     :raises ConfigError: for ``encrypt_pii=True`` without a ``cipher``.
     :raises InvalidSessionIdError: for a ``user_id``/``bot_id`` that could escape ``sessions_dir``.
     :raises SessionInUseError: if another process (or object) has this user's session open.
@@ -127,10 +139,12 @@ class ScopedSQLiteSession(SessionCore):
 
     @property
     def user_id(self) -> str:
+        """The user's id, as stored (``"bot"`` for the bot's own session)."""
         return self.key.user_id
 
     @property
     def bot_id(self) -> str:
+        """The bot's id."""
         return self.key.bot_id
 
     @property

@@ -191,6 +191,11 @@ class SQLiteStore(Store):
     One SQLite connection serves both the session's thread and the background
     writer's thread; a lock serialises them. The file (and its ``flock``) is opened
     by ``load()`` and again, lazily, by any later call after ``close()``.
+
+    :param key: the session's key.
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param cipher: seals the auth key (and with ``encrypt_pii`` entity fields); ``None``: plaintext.
+    :param encrypt_pii: also seal entity usernames, phone numbers and names.
     """
 
     def __init__(
@@ -391,7 +396,10 @@ class SQLiteStore(Store):
     # -- writing -----------------------------------------------------------------------------
 
     def write_session(self, header: SessionHeader) -> None:
-        """Replace the sessions row and commit with a full fsync before returning."""
+        """Replace the sessions row and commit with a full fsync before returning.
+
+        :param header: the header to store.
+        """
         with self._using("write") as conn:
             self._begin_writing(conn)
             auth_key = self.sealer.seal_auth_key(header.auth_key) or b""  # Telethon stores b"" for none
@@ -410,7 +418,10 @@ class SQLiteStore(Store):
         self._metadata_due = self._wrote = True
 
     def write_changes(self, changes: Changes) -> None:
-        """Write entities, update states and sent files in one transaction (background thread)."""
+        """Write entities, update states and sent files in one transaction (background thread).
+
+        :param changes: the records to write.
+        """
         # Sealed here, in the writer's thread: the hot path never pays for it.
         entity_rows, sealed_rows = self.codec.encode(changes.entities.values())
         state_rows = [(sid, s.pts, s.qts, int(s.date.timestamp()), s.seq) for sid, s in changes.states.items()]

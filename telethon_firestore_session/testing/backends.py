@@ -58,7 +58,10 @@ class SessionBackend(abc.ABC):
         """Construct a session on this backend's storage."""
 
     def reopen(self, session: Session) -> Session:
-        """Close ``session`` (as ``TelegramClient.disconnect()`` does) and construct it again."""
+        """Close ``session`` (as ``TelegramClient.disconnect()`` does) and construct it again.
+
+        :param session: a session this backend made.
+        """
         if not self.persistent:
             return session
         session.close()
@@ -73,13 +76,20 @@ class SessionBackend(abc.ABC):
         return session
 
     def open_again(self, session: Session) -> Session:
-        """:meth:`reopen`, tracked for :meth:`cleanup`."""
+        """:meth:`reopen`, tracked for :meth:`cleanup`.
+
+        :param session: a session this backend made.
+        """
         again = self.reopen(session)
         if again is not session:
             self._sessions.append(again)
         return again
 
     def deviation(self, test: str) -> Deviation | None:
+        """The known deviation of this backend for ``test``, if any.
+
+        :param test: an entity case name, ``"sent_files"``, ...
+        """
         return self.deviations.get(test)
 
     def cleanup(self) -> None:
@@ -150,7 +160,10 @@ class MemorySessionBackend(SessionBackend):
 
 
 class SQLiteSessionBackend(SessionBackend):
-    """Telethon's ``SQLiteSession`` on a file in ``directory``, the persistent reference."""
+    """Telethon's ``SQLiteSession`` on a file in ``directory``, the persistent reference.
+
+    :param directory: where its file is made.
+    """
 
     name = "telethon-sqlite"
     deviations: ClassVar[Mapping[str, Deviation]] = {
@@ -213,6 +226,10 @@ class FirestoreBackend(_StoreBackend):
     """:class:`~telethon_firestore_session.FirestoreSession` on ``client`` (the emulator in tests).
 
     ``options`` go to every session (e.g. ``cipher=SessionCipher(key), encrypt_pii=True``).
+
+    :param client: the Firestore client.
+    :param bot_id: the bot of the sessions.
+    :param user_id: the user of :meth:`make_session`'s session.
     """
 
     name = "firestore"
@@ -231,6 +248,10 @@ class ScopedSQLiteBackend(_StoreBackend):
     """:class:`~telethon_firestore_session.sqlite.ScopedSQLiteSession` in ``sessions_dir``.
 
     ``options`` go to every session (e.g. ``cipher=SessionCipher(key), encrypt_pii=True``).
+
+    :param sessions_dir: the directory that holds a folder per bot.
+    :param bot_id: the bot of the sessions.
+    :param user_id: the user of :meth:`make_session`'s session.
     """
 
     name = "scoped-sqlite"

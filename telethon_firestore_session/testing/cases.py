@@ -84,17 +84,21 @@ def _invite_link(chat_id: int) -> str:
 class EntityCase:
     """A history of objects given to ``process_entities``, and what lookups must answer.
 
-    ``queries`` pairs a ``get_input_entity`` key with the expected ``InputPeer*``
-    (or :data:`MISS`). Persistent backends answer them in the same session, then
-    after a reopen, then after another reopen in reverse order (so a lazily loaded
-    entity cannot change a later answer).
+    Persistent backends answer the queries in the same session, then after a reopen, then
+    after another reopen in reverse order (so a lazily loaded entity cannot change a later answer).
+
+    :param name: the case's name (test ids, :attr:`SessionBackend.deviations`).
+    :param doc: what it checks.
+    :param history: the TL objects, in order.
+    :param queries: ``(get_input_entity key, expected InputPeer* or MISS)`` pairs.
+    :param check_reopened: also check the answers after a reopen (``False`` where the answer
+        is unspecified there).
     """
 
     name: str
     doc: str
     history: tuple[Any, ...]
     queries: tuple[tuple[Any, Any], ...]
-    #: Also check the answers after a reopen (False where the answer is unspecified there).
     check_reopened: bool = True
 
 
@@ -371,7 +375,10 @@ ENTITY_CASES: tuple[EntityCase, ...] = (
 
 
 def describe(key: Any) -> str:
-    """A stable label for a query key (used in failure messages and :class:`Deviation`)."""
+    """A stable label for a query key (used in failure messages and :class:`Deviation`).
+
+    :param key: a ``get_input_entity`` key.
+    """
     if isinstance(key, TLObject):
         return str(key)
     return repr(key)
@@ -392,7 +399,11 @@ def key_bytes(session: Session) -> bytes | None:
 
 
 def answer(session: Session, key: Any) -> str:
-    """``get_input_entity(key)`` as a comparable string: the peer, ``MISS`` for ``ValueError``, or the error."""
+    """``get_input_entity(key)`` as a comparable string: the peer, ``MISS`` for ``ValueError``, or the error.
+
+    :param session: the session asked.
+    :param key: the key.
+    """
     try:
         return fmt(session.get_input_entity(key))
     except ValueError:
@@ -402,7 +413,11 @@ def answer(session: Session, key: Any) -> str:
 
 
 def feed(session: Session, case: EntityCase) -> None:
-    """Give ``case.history`` to ``session.process_entities``, one object at a time."""
+    """Give ``case.history`` to ``session.process_entities``, one object at a time.
+
+    :param session: the session fed.
+    :param case: the case.
+    """
     for tlo in case.history:
         session.process_entities(tlo)
 
@@ -411,10 +426,11 @@ def feed(session: Session, case: EntityCase) -> None:
 class Deviation:
     """A known, documented way in which a (reference) backend is wrong for one test.
 
-    Without ``either`` the test is a strict ``xfail`` for that backend: it must fail
-    (so a fix in Telethon is noticed). With ``either`` the answers of the named
-    queries (labels from :func:`describe`) may also be one of the given values,
-    because the backend picks among stale rows in ``set`` iteration order.
+    :param reason: what the backend gets wrong.
+    :param either: ``None``: the test is a strict ``xfail`` for that backend (it must fail, so
+        a fix in Telethon is noticed). Else the answers of the named queries (labels from
+        :func:`describe`) may also be one of the given values, because the backend picks
+        among stale rows in ``set`` iteration order.
     """
 
     reason: str

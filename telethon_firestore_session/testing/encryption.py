@@ -81,7 +81,11 @@ def peer(uid: int) -> types.InputPeerUser:
 
 @dataclasses.dataclass(frozen=True)
 class StoredField:
-    """One entity field as stored: the value (sealed bytes, plaintext or ``None``) and its blind index, if sealed."""
+    """One entity field as stored.
+
+    :param value: sealed bytes, plaintext or ``None``.
+    :param index: its blind index, if sealed.
+    """
 
     value: Any
     index: str | None = None
@@ -89,7 +93,12 @@ class StoredField:
 
 @dataclasses.dataclass(frozen=True)
 class StoredEntity:
-    """One stored entity: its access hash, date and sealable fields (``username``, ``phone``, ``name``)."""
+    """One stored entity.
+
+    :param hash: its access hash.
+    :param date: the unix time it was last changed.
+    :param fields: its sealable fields by name (``username``, ``phone``, ``name``).
+    """
 
     hash: int
     date: int
@@ -115,7 +124,11 @@ class EncryptionBackend(abc.ABC):
 
     @abc.abstractmethod
     def session(self, user_id: str = "42", *, bot_id: str | None = None, **options: Any) -> Session:
-        """Construct a session (``options``: ``cipher``, ``encrypt_pii``), closed again by :meth:`cleanup`."""
+        """Construct a session (``options``: ``cipher``, ``encrypt_pii``), closed again by :meth:`cleanup`.
+
+        :param user_id: the session's user.
+        :param bot_id: its bot; default :attr:`bot_id`.
+        """
 
     @abc.abstractmethod
     def cleanup(self) -> None:
@@ -123,23 +136,45 @@ class EncryptionBackend(abc.ABC):
 
     @abc.abstractmethod
     def where(self, user_id: str, bot_id: str | None = None) -> str:
-        """How errors name this session's storage (a path, a document path)."""
+        """How errors name this session's storage (a path, a document path).
+
+        :param user_id: the session's user.
+        :param bot_id: its bot; default :attr:`bot_id`.
+        """
 
     @abc.abstractmethod
     def stored_auth_key(self, user_id: str, bot_id: str | None = None) -> Any:
-        """The auth key exactly as stored."""
+        """The auth key exactly as stored.
+
+        :param user_id: the session's user.
+        :param bot_id: its bot; default :attr:`bot_id`.
+        """
 
     @abc.abstractmethod
     def replace_auth_key(self, user_id: str, value: Any, bot_id: str | None = None) -> None:
-        """Store ``value`` as the auth key, as another program with access to the storage would."""
+        """Store ``value`` as the auth key, as another program with access to the storage would.
+
+        :param user_id: the session's user.
+        :param value: what to store.
+        :param bot_id: its bot; default :attr:`bot_id`.
+        """
 
     @abc.abstractmethod
     def stored_entities(self, user_id: str) -> dict[int, StoredEntity]:
-        """Every stored entity of the session, by the id it is stored under."""
+        """Every stored entity of the session, by the id it is stored under.
+
+        :param user_id: the session's user.
+        """
 
     @abc.abstractmethod
     def replace_entity_field(self, user_id: str, entity_id: int, field: str, value: StoredField) -> None:
-        """Store ``value`` (and its blind index) as one field of one entity, from outside."""
+        """Store ``value`` (and its blind index) as one field of one entity, from outside.
+
+        :param user_id: the session's user.
+        :param entity_id: the id the entity is stored under.
+        :param field: ``"username"``, ``"phone"`` or ``"name"``.
+        :param value: what to store.
+        """
 
     @abc.abstractmethod
     def snapshot(self, *user_ids: str) -> Any:
@@ -150,11 +185,19 @@ class EncryptionBackend(abc.ABC):
 
     @abc.abstractmethod
     def stored_bytes(self, user_id: str) -> bytes:
-        """Everything stored for a session, as bytes a reader of the storage sees (to look for plaintext)."""
+        """Everything stored for a session, as bytes a reader of the storage sees (to look for plaintext).
+
+        :param user_id: the session's user.
+        """
 
     @abc.abstractmethod
     def rotate(self, cipher: SessionCipher, *, user_id: str | None = None, encrypt_pii: bool = False) -> int:
-        """Re-seal one session or every session of :attr:`bot_id` with ``cipher``; how many were re-sealed."""
+        """Re-seal one session or every session of :attr:`bot_id` with ``cipher``; how many were re-sealed.
+
+        :param cipher: the cipher with the current key and the old ones.
+        :param user_id: only this session; default every session.
+        :param encrypt_pii: also seal plaintext entity fields.
+        """
 
 
 def old_cipher() -> SessionCipher:

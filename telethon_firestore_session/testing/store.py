@@ -27,6 +27,9 @@ class StoreProbe:
 
     It wraps the bound store's methods on the instance; the real store still does
     every read and write.
+
+    :param session: a :class:`SessionCore` bound to a store.
+    :param hold_timeout: the longest a held write waits (then ``hold_expired`` is set).
     """
 
     def __init__(self, session: Session, hold_timeout: float = 5.0) -> None:
