@@ -9,15 +9,12 @@ memory go through the store's :class:`~telethon_firestore_session.breaker.Lookup
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import dataclasses
-import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from telethon.crypto import AuthKey
 from telethon.sessions.abstract import Session
@@ -26,8 +23,20 @@ from telethon.tl import types
 from . import rows
 from .breaker import LookupBreaker
 from .entities import EntityBudget, EntityCache, Values, access_hash, decode
-from .errors import SessionClosedError, SessionError, SessionRotationError
+from .errors import SessionClosedError
 from .resolver import Resolver
+from .store import (
+    EMPTY_HEADER,
+    Changes,
+    EntityRow,
+    FileKey,
+    SessionHeader,
+    SessionSnapshot,
+    Store,
+    StoredSession,
+    auth_key_fingerprint,
+    reseal_each,
+)
 from .writer import BackgroundWriter
 
 __all__ = [
@@ -40,263 +49,13 @@ __all__ = [
     "Store",
     "StoredSession",
     "auth_key_fingerprint",
+    "reseal_each",
 ]
 
 log = logging.getLogger("telethon_firestore_session")
 
-#: (md5 digest, file size, type) where type is 0 for documents and 1 for photos,
-#: the same numbers that Telethon's SQLite ``sent_files`` table uses.
-FileKey = tuple[bytes, int, int]
-
 #: Sent files cached per session bound to a store (the oldest stored ones are dropped beyond).
 MAX_FILES = 256
-
-
-class EntityRow(NamedTuple):
-    """One cached entity, as the stores persist it."""
-
-    id: int  # marked id
-    hash: int
-    username: str | None
-    phone: str | None
-    name: str | None
-    date: int  # unix time when it was last changed
-
-
-class SessionHeader(NamedTuple):
-    """What is written through on ``save()``: rare, and fatal to lose."""
-
-    dc_id: int
-    server_address: str | None
-    port: int | None
-    auth_key: bytes | None
-    takeout_id: int | None
-
-
-EMPTY_HEADER = SessionHeader(0, None, None, None, None)
-
-
-@dataclasses.dataclass
-class StoredSession:
-    """What a store returns when it opens a session: one read's worth.
-
-    :param header: the DC, address, port, auth key and takeout id.
-    :param update_states: the update states by entity id (0 for the account's own).
-    :param needs_rewrite: the stored header is plaintext or sealed with an old key: ``save()`` rewrites it.
-    """
-
-    header: SessionHeader = EMPTY_HEADER
-    update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict)
-    needs_rewrite: bool = False
-
-
-@dataclasses.dataclass
-class Changes:
-    """Records waiting to be written behind. Newer values replace older ones.
-
-    :param entities: entity rows by marked id.
-    :param states: update states by entity id.
-    :param files: sent files, ``(id, access_hash)`` by key.
-    """
-
-    entities: dict[int, EntityRow] = dataclasses.field(default_factory=dict)
-    states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict)
-    files: dict[FileKey, tuple[int, int]] = dataclasses.field(default_factory=dict)
-
-    def merge(self, newer: Changes) -> None:
-        """Add the records of ``newer`` to these, its values replacing older ones.
-
-        :param newer: the later changes.
-        """
-        self.entities.update(newer.entities)
-        self.states.update(newer.states)
-        self.files.update(newer.files)
-
-    def build(self) -> Changes:
-        """Itself (what the background writer asks of every batch handed to it)."""
-        return self
-
-    def done(self) -> None:
-        """Nothing to do once written (the writer calls it)."""
-
-    def __len__(self) -> int:
-        return len(self.entities) + len(self.states) + len(self.files)
-
-
-def auth_key_fingerprint(key: bytes | None) -> str | None:
-    """A short, non-reversible name for an auth key: the first 16 hex digits of its SHA-256.
-
-    Safe to print and log; two sessions with the same fingerprint hold the same login.
-
-    :param key: the auth key's bytes, or ``None``.
-    """
-    if not key:
-        return None
-    return hashlib.sha256(key).hexdigest()[:16]
-
-
-# -- snapshots ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SessionSnapshot:
-    """Everything a Telethon session holds, read out of one: header, states, entities, files.
-
-    :param dc_id: the data centre (0 when unset).
-    :param server_address: the DC's address.
-    :param port: the DC's port.
-    :param auth_key: the auth key's bytes (never in ``repr()``: :attr:`fingerprint` names it).
-    :param takeout_id: the takeout session id, if any.
-    :param update_states: update states by entity id.
-    :param entities: the cached entities.
-    :param files: sent files, ``(id, access_hash)`` by key.
-    :param complete: ``False`` if the source (an unknown session type) could not list entities and files.
-    """
-
-    dc_id: int = 0
-    server_address: str | None = None
-    port: int | None = None
-    auth_key: bytes | None = dataclasses.field(default=None, repr=False)
-    takeout_id: int | None = None
-    update_states: dict[int, types.updates.State] = dataclasses.field(default_factory=dict, repr=False)
-    entities: list[EntityRow] = dataclasses.field(default_factory=list, repr=False)
-    files: dict[FileKey, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
-    complete: bool = True
-
-    @property
-    def header(self) -> SessionHeader:
-        """The DC, address, port, auth key and takeout id, as a store writes them."""
-        return SessionHeader(self.dc_id, self.server_address, self.port, self.auth_key, self.takeout_id)
-
-    @property
-    def fingerprint(self) -> str | None:
-        """The auth key's :func:`auth_key_fingerprint` (safe to log)."""
-        return auth_key_fingerprint(self.auth_key)
-
-    def __repr__(self) -> str:
-        return (
-            f"SessionSnapshot(dc_id={self.dc_id}, server_address={self.server_address!r}, port={self.port}, "
-            f"auth_key={self.fingerprint or 'none'}, takeout_id={self.takeout_id}, "
-            f"update_states={len(self.update_states)}, entities={len(self.entities)}, files={len(self.files)})"
-        )
-
-
-class Store(abc.ABC):
-    """Where a session lives. Stores only load and persist; the core has the semantics.
-
-    ``write_changes`` is called from the background writer's thread; every other
-    method from the thread that uses the session.
-    """
-
-    #: Human-readable location used in log records and errors (never secrets).
-    where: str = "?"
-    #: Stops lookups after one fails until a probe succeeds (:mod:`..breaker`); stores that share
-    #: a connection share one. A store without one gets its own when a session binds it.
-    breaker: LookupBreaker | None = None
-
-    @abc.abstractmethod
-    def load(self) -> StoredSession | None:
-        """Read the session header and update states, or ``None`` if there is no session."""
-
-    @abc.abstractmethod
-    def write_session(self, header: SessionHeader) -> None:
-        """Durably store the header before returning; raise :class:`SessionStoreError` on failure.
-
-        :param header: the header to store.
-        """
-
-    @abc.abstractmethod
-    def write_changes(self, changes: Changes) -> None:
-        """Persist entities, update states and sent files. May raise; the writer retries.
-
-        :param changes: the records to write.
-        """
-
-    @abc.abstractmethod
-    def find_entity_by_ids(self, ids: Sequence[int]) -> EntityRow | None:
-        """Return the stored entity with the first of ``ids`` that exists.
-
-        :param ids: marked ids, in order of preference.
-        """
-
-    @abc.abstractmethod
-    def find_entity(self, field: str, value: str) -> EntityRow | None:
-        """Return the newest stored entity whose ``field`` equals ``value``.
-
-        :param field: ``"username"``, ``"phone"`` or ``"name"``.
-        :param value: the value to match (as Telethon normalises it).
-        """
-
-    @abc.abstractmethod
-    def find_file(self, key: FileKey) -> tuple[int, int] | None:
-        """Return ``(id, access_hash)`` of a cached sent file.
-
-        :param key: ``(md5_digest, file_size, file_type)``.
-        """
-
-    @abc.abstractmethod
-    def iter_entities(self) -> Iterator[EntityRow]:
-        """Every stored entity (for export and migration; not used on the hot path)."""
-
-    @abc.abstractmethod
-    def iter_files(self) -> Iterator[tuple[FileKey, tuple[int, int]]]:
-        """Every stored sent file as ``(key, (id, access_hash))``."""
-
-    @abc.abstractmethod
-    def delete(self) -> None:
-        """Remove every record of the session."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources; the store may be used again afterwards."""
-
-    def periodic(self) -> None:  # noqa: B027 - optional hook
-        """Called by the background writer about once per flush interval (lease renewal)."""
-
-    def probe(self) -> None:
-        """A cheap read that raises if the store cannot answer (the breaker's probe; off the event loop)."""
-        self.find_entity_by_ids((0,))
-
-    def reseal(self) -> int:
-        """Write every sealed value again with the cipher's current key; return the records rewritten.
-
-        Stores that support encryption implement it (key rotation); nothing is written
-        when a value cannot be opened.
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot re-seal")
-
-
-def reseal_each(keys: Iterable[object], open_store: Callable[[Any], Store], key_id: str) -> int:
-    """Re-seal the session of every key (:meth:`Store.reseal`); the loop of the ``rotate_*`` functions.
-
-    A session that cannot be opened or re-sealed is logged, skipped and left as it
-    was; once the others are done, :class:`SessionRotationError` lists every one of
-    them (the first chained as ``__cause__``). Returns how many sessions changed.
-    """
-    rotated = 0
-    failures: list[SessionError] = []
-    for key in keys:
-        try:
-            store = open_store(key)
-        except SessionError as exc:  # e.g. a session file that is a symbolic link
-            log.warning("rotate: session %s was not re-sealed: %s", key, exc)
-            failures.append(exc)
-            continue
-        try:
-            written = store.reseal()
-        except SessionError as exc:
-            log.warning("rotate: %s was not re-sealed: %s", store.where, exc)
-            failures.append(exc)
-            continue
-        finally:
-            store.close()
-        if written:
-            rotated += 1
-            log.info("rotate: re-sealed %d record(s) of %s with key %s", written, store.where, key_id)
-    if failures:
-        log.warning("rotate: %d session(s) re-sealed, %d skipped", rotated, len(failures))
-        raise SessionRotationError(rotated, failures) from failures[0]
-    return rotated
-
 
 _NOTHING: frozenset[Any] = frozenset()
 
@@ -341,7 +100,81 @@ class Handoff:
         return len(self.entities) + len(self.states) + len(self.files)
 
 
-class SessionCore(Session):  # type: ignore[misc]
+class ConnectionData(Session):  # type: ignore[misc]
+    """Telethon's connection data: DC, server address, port, auth key and takeout id.
+
+    The part of Telethon's ``Session`` that is written through on ``save()``
+    (:class:`SessionCore` adds everything else); its members behave as Telethon documents them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dc_id = 0
+        self._server_address: str | None = None
+        self._port: int | None = None
+        self._auth_key: AuthKey | None = None
+        self._takeout_id: int | None = None
+
+    def set_dc(self, dc_id: int, server_address: str, port: int) -> None:
+        self._dc_id = dc_id or 0
+        self._server_address = server_address
+        self._port = port
+
+    @property
+    def dc_id(self) -> int:
+        return self._dc_id
+
+    @property
+    def server_address(self) -> str | None:
+        return self._server_address
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def auth_key(self) -> AuthKey | None:
+        return self._auth_key
+
+    @auth_key.setter
+    def auth_key(self, value: AuthKey | None) -> None:
+        self._auth_key = value
+
+    @property
+    def takeout_id(self) -> int | None:
+        return self._takeout_id
+
+    @takeout_id.setter
+    def takeout_id(self, value: int | None) -> None:
+        self._takeout_id = value
+
+    def _header(self) -> SessionHeader:
+        # AuthKey objects are mutated in place by Telethon (``auth_key.key = None``
+        # on a DC switch), so compare the bytes, never the object.
+        key = self._auth_key.key if self._auth_key is not None else None
+        return SessionHeader(self._dc_id, self._server_address, self._port, key or None, self._takeout_id)
+
+    def _load_header(self, h: SessionHeader) -> None:
+        self._dc_id, self._server_address, self._port = h.dc_id, h.server_address, h.port
+        self._auth_key = AuthKey(h.auth_key) if h.auth_key else None
+        self._takeout_id = h.takeout_id
+
+    def clone(self, to_instance: Session | None = None) -> Session:
+        """An unbound in-memory copy of the connection data (used for CDN clients).
+
+        It never writes to this session's store, so a CDN's DC cannot replace ours.
+
+        :param to_instance: returned as it is when given (Telethon's contract).
+        """
+        if to_instance is not None:
+            return to_instance
+        cloned = SessionCore()
+        cloned.set_dc(self._dc_id, self._server_address or "", self._port or 0)
+        cloned.save_entities = self.save_entities
+        return cloned
+
+
+class SessionCore(ConnectionData):
     """An in-memory Telethon session with O(1) lookups, optionally bound to a store.
 
     Without a store it behaves like Telethon's ``MemorySession`` (minus its linear scans and
@@ -382,12 +215,6 @@ class SessionCore(Session):  # type: ignore[misc]
         self._writer = writer
         self.save_entities = True
 
-        self._dc_id = 0
-        self._server_address: str | None = None
-        self._port: int | None = None
-        self._auth_key: AuthKey | None = None
-        self._takeout_id: int | None = None
-
         self._cache = EntityCache(EntityBudget.get() if store is not None else None)
         self._resolver = Resolver(self._cache, store)
         self._states: dict[int, types.updates.State] = {}
@@ -409,14 +236,9 @@ class SessionCore(Session):  # type: ignore[misc]
                 self._apply_loaded(loaded)
 
     def _apply_loaded(self, loaded: StoredSession) -> None:
-        h = loaded.header
-        self._dc_id = h.dc_id
-        self._server_address = h.server_address
-        self._port = h.port
-        self._auth_key = AuthKey(h.auth_key) if h.auth_key else None
-        self._takeout_id = h.takeout_id
+        self._load_header(loaded.header)
         self._states = dict(loaded.update_states)
-        self._persisted = h
+        self._persisted = loaded.header
         self._rewrite_header = loaded.needs_rewrite
 
     @property
@@ -439,47 +261,6 @@ class SessionCore(Session):  # type: ignore[misc]
         where = self._store.where if self._store is not None else "memory"
         key = "set" if self._auth_key is not None and self._auth_key.key else "none"
         return f"<{type(self).__name__} {where} dc_id={self._dc_id} auth_key={key} entities_cached={len(self._cache)}>"
-
-    # -- header ---------------------------------------------------------------------
-
-    def set_dc(self, dc_id: int, server_address: str, port: int) -> None:
-        self._dc_id = dc_id or 0
-        self._server_address = server_address
-        self._port = port
-
-    @property
-    def dc_id(self) -> int:
-        return self._dc_id
-
-    @property
-    def server_address(self) -> str | None:
-        return self._server_address
-
-    @property
-    def port(self) -> int | None:
-        return self._port
-
-    @property
-    def auth_key(self) -> AuthKey | None:
-        return self._auth_key
-
-    @auth_key.setter
-    def auth_key(self, value: AuthKey | None) -> None:
-        self._auth_key = value
-
-    @property
-    def takeout_id(self) -> int | None:
-        return self._takeout_id
-
-    @takeout_id.setter
-    def takeout_id(self, value: int | None) -> None:
-        self._takeout_id = value
-
-    def _header(self) -> SessionHeader:
-        # AuthKey objects are mutated in place by Telethon (``auth_key.key = None``
-        # on a DC switch), so compare the bytes, never the object.
-        key = self._auth_key.key if self._auth_key is not None else None
-        return SessionHeader(self._dc_id, self._server_address, self._port, key or None, self._takeout_id)
 
     # -- update states -----------------------------------------------------------------
 
@@ -707,7 +488,7 @@ class SessionCore(Session):  # type: ignore[misc]
         store.delete()
         self._deleted = True
         self._resolver.store = None
-        self._dc_id, self._server_address, self._port, self._auth_key, self._takeout_id = 0, None, None, None, None
+        self._load_header(EMPTY_HEADER)
         self._persisted = EMPTY_HEADER
         self._cache.clear()
         self._states, self._files = {}, {}
@@ -735,20 +516,6 @@ class SessionCore(Session):  # type: ignore[misc]
     def where(self) -> str:
         """Where the session is stored, for messages (``firestore:...``, ``sqlite:...``, or ``memory``)."""
         return self._store.where if self._store is not None else "memory"
-
-    def clone(self, to_instance: Session | None = None) -> Session:
-        """An unbound in-memory copy of the connection data (used for CDN clients).
-
-        It never writes to this session's store, so a CDN's DC cannot replace ours.
-
-        :param to_instance: returned as it is when given (Telethon's contract).
-        """
-        if to_instance is not None:
-            return to_instance
-        cloned = SessionCore()
-        cloned.set_dc(self._dc_id, self._server_address or "", self._port or 0)
-        cloned.save_entities = self.save_entities
-        return cloned
 
     # -- whole-session access, for export and migration -----------------------------------
 

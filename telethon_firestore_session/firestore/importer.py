@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from telethon_firestore_session import migrate
-from telethon_firestore_session.core import EMPTY_HEADER, Changes, SessionHeader, SessionSnapshot, StoredSession
 from telethon_firestore_session.errors import SessionCorruptError, SessionError
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.sqlite.schema import SQLITE_MAGIC, read_session_file
+from telethon_firestore_session.store import EMPTY_HEADER, Changes, SessionHeader, SessionSnapshot, StoredSession
 
 from .layout import BULK_RETRY, MAX_WRITES_PER_COMMIT, Write, commit_in_chunks, iter_sessions, session_document, utcnow
 from .store import FirestoreStore

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from telethon.tl import types
 
-from telethon_firestore_session.core import EntityRow, FileKey, SessionHeader, StoredSession
 from telethon_firestore_session.errors import (
     InvalidSessionIdError,
     SchemaVersionError,
@@ -35,6 +34,7 @@ from telethon_firestore_session.errors import (
 )
 from telethon_firestore_session.ids import BotSessionKey, SessionKey, validate_id
 from telethon_firestore_session.sealing import PII_FIELDS, Sealer
+from telethon_firestore_session.store import EntityRow, FileKey, SessionHeader, StoredSession
 
 if TYPE_CHECKING:
     from google.cloud import firestore

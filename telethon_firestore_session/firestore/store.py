@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from telethon_firestore_session.breaker import LookupBreaker
-from telethon_firestore_session.core import Changes, EntityRow, FileKey, SessionHeader, Store, StoredSession
 from telethon_firestore_session.errors import (
     ConfigError,
     SessionCorruptError,
@@ -19,6 +18,7 @@ from telethon_firestore_session.errors import (
 )
 from telethon_firestore_session.ids import SessionKey
 from telethon_firestore_session.sealing import PII_FIELDS, KeyState, Sealer
+from telethon_firestore_session.store import Changes, EntityRow, FileKey, SessionHeader, Store, StoredSession
 
 from .layout import (
     ENTITIES,

@@ -39,7 +39,6 @@ from typing import Any
 
 from telethon.tl import types
 
-from telethon_firestore_session.core import EntityRow, SessionHeader, SessionSnapshot
 from telethon_firestore_session.errors import (
     SchemaVersionError,
     SessionCorruptError,
@@ -49,6 +48,7 @@ from telethon_firestore_session.errors import (
     wrap_store_errors,
 )
 from telethon_firestore_session.sealing import AUTH_KEY_SIZE, PII_FIELDS, Sealer
+from telethon_firestore_session.store import EntityRow, SessionHeader, SessionSnapshot
 
 __all__ = [
     "BLIND_INDEX_PREFIX",

@@ -56,15 +56,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from telethon_firestore_session.core import (
-    EMPTY_HEADER,
-    Changes,
-    EntityRow,
-    FileKey,
-    SessionHeader,
-    Store,
-    StoredSession,
-)
 from telethon_firestore_session.crypto import SessionCipher
 from telethon_firestore_session.errors import (
     ConfigError,
@@ -73,6 +64,15 @@ from telethon_firestore_session.errors import (
 )
 from telethon_firestore_session.ids import BotSessionKey, SessionKey
 from telethon_firestore_session.sealing import KeyState, Sealer
+from telethon_firestore_session.store import (
+    EMPTY_HEADER,
+    Changes,
+    EntityRow,
+    FileKey,
+    SessionHeader,
+    Store,
+    StoredSession,
+)
 
 from . import files, schema
 
