@@ -485,6 +485,24 @@ def test_fenced_writes_land_while_the_lease_is_ours_though_others_write_the_docu
 
 
 @pytest.mark.firestore
+def test_a_fenced_commit_renews_the_lease_so_no_renewal_of_its_own_is_due(firestore_client: Any, bot_id: str) -> None:
+    _doc(firestore_client, bot_id).set({"schema_version": 1})
+    session, lease = _leased_session(firestore_client, bot_id, "host:1:a", ttl=1.5)
+    first = _stored_lease(firestore_client, bot_id).expires_at
+    time.sleep(0.6)  # more than a third of the TTL: a renewal is due
+    session.process_entities(PEER)
+    assert session.flush(10)
+    stored = _stored_lease(firestore_client, bot_id).expires_at
+    assert stored - first >= datetime.timedelta(seconds=0.5)  # the guard write carried the new expiry
+    assert abs(lease.expires_at - stored) < datetime.timedelta(milliseconds=1)  # type: ignore[operator]
+    lease.renew_if_due()
+    assert lease.renewals == 0 and lease.held()  # not due: the commit renewed it
+    assert lease.deadline() - time.monotonic() > 1.0
+    session.close()
+    assert _stored_lease(firestore_client, bot_id) is None  # and the release is not undone
+
+
+@pytest.mark.firestore
 @pytest.mark.parametrize(
     ("fields", "error"),
     [
