@@ -221,6 +221,14 @@ class Store(abc.ABC):
     def periodic(self) -> None:  # noqa: B027 - optional hook
         """Called by the background writer about once per flush interval (lease renewal)."""
 
+    def writes_session_document(self) -> bool:
+        """Whether every write of changes writes the session's header record anyway (a leased session's guard).
+
+        Then pending update states go with every write of entities or sent files: they cost
+        no write of their own (see ``SessionCore``).
+        """
+        return False
+
     def probe(self) -> None:
         """A cheap read that raises if the store cannot answer (the breaker's probe; off the event loop)."""
         self.find_entity_by_ids((0,))
@@ -321,7 +329,9 @@ class SessionCore(Session):  # type: ignore[misc]
     and update states are handed to the background writer by :meth:`save`, and by a
     timer on the running event loop: entities and sent files within ``flush_interval``
     seconds, update states at most every ``state_flush_interval`` seconds (Telethon
-    calls ``save()`` every minute and on disconnect, which always hands them over).
+    calls ``save()`` every minute and on disconnect, which always hands them over),
+    and with every write of entities when that write stores the session's header
+    record anyway (:meth:`Store.writes_session_document`: a leased Firestore session).
     """
 
     def __init__(
@@ -539,6 +549,8 @@ class SessionCore(Session):  # type: ignore[misc]
             return
         cache = self._cache
         handed_states: set[int] = _NOTHING  # type: ignore[assignment]
+        if not states and (cache.dirty or self._dirty_files) and store.writes_session_document():
+            states = True  # that commit writes the session document anyway: the update states ride along
         if states and self._dirty_states:
             handed_states, self._dirty_states = self._dirty_states, set()
             self._states_due = time.monotonic() + self._state_flush_interval
