@@ -1,7 +1,7 @@
 """Issue 11: what an always-active user costs in Firestore operations, per user-day, and in dollars.
 
-``python -m benchmarks.bench_cost [--quick] [--minutes N] [--compression C] [--json PATH]``
-(``python -m benchmarks`` runs it too, at the end).
+``python -m benchmarks.bench_cost [--quick] [--minutes N] [--compression C] [--markdown] [--json PATH]``
+runs only this; ``python -m benchmarks`` runs it too, at the end (``--quick``: 6 simulated minutes).
 
 One user is played against the real emulator with time compressed ``C`` times
 (default 60: a simulated hour in a minute): an update every 2 s (``set_update_state``
@@ -12,7 +12,7 @@ every 60 s, and a restart a day (close, open again). Every interval of the libra
 divided by the same ``C``: ``flush_interval``, ``state_flush_interval``, the lease TTL
 (and so its renewal), the background writer's poll and periodic interval; so the
 operations counted per simulated hour are the real ones. ``--minutes`` simulated
-minutes are measured (default 60; ``--quick`` 10), then scaled to a day
+minutes are measured (default 60; ``--quick`` 6), then scaled to a day
 (``1440 / minutes`` times), plus one restart measured on its own.
 
 Two scenarios: a bare ``FirestoreSession``, and a user held by ``UserSessionManager``
@@ -68,6 +68,8 @@ WRITER_INTERVAL = 5.0
 WRITER_POLL = 0.5
 #: Stored entities that are not in memory when the measured hour starts (looked up by id and username).
 SEEDED = 200
+#: Simulated minutes per scenario in a quick run (CI): about 8 s each with the setup.
+QUICK_MINUTES = 6
 #: Writes per user-day allowed (issue 11 acceptance).
 WRITE_BUDGET = 2_000
 
@@ -569,14 +571,16 @@ def measure(quick: bool, minutes: float | None = None, compression: float | None
     counter = OpCounter()
     counter.install(client)
     try:
-        return asyncio.run(run_cost(client, counter, minutes or (10 if quick else 60), compression or 60))
+        return asyncio.run(run_cost(client, counter, minutes or (QUICK_MINUTES if quick else 60), compression or 60))
     finally:
         client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 simulated minutes per scenario; never fails")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_MINUTES} simulated minutes per scenario; never fails"
+    )
     parser.add_argument("--minutes", type=float, help="simulated minutes measured per scenario (default 60)")
     parser.add_argument("--compression", type=float, default=60.0, help="time compression (default 60)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
