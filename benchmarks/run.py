@@ -24,6 +24,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import bench_cost as bc
 from benchmarks import bench_scale as sc
 from benchmarks import bench_sessions as b
 from benchmarks._harness import (
@@ -186,6 +187,13 @@ def run_all(
     except Exception:  # noqa: BLE001 - report it with the other results instead of losing them
         traceback.print_exc()
         targets.append(Target("11", "the issue-11 workloads ran to the end", 0, 1, "", "==", "they raised: see above"))
+    if ctx.client is None:
+        targets.append(Target("11", "cost per user-day (needs the Firestore emulator)", None, 0))
+        return
+    scenarios = bc.measure(ctx.quick)  # a client of its own, on the same emulator
+    bc.print_scenarios(scenarios)
+    extra["cost_per_user_day"] = {s.name: {k: dict(v) for k, v in s.per_day().items()} for s in scenarios}
+    targets.extend(bc.targets_for(scenarios))
 
 
 def local_speed_targets(targets: list[Target], open_local: Workload, save_key: Workload, n: int) -> None:

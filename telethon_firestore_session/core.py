@@ -187,7 +187,9 @@ class SessionCore(ConnectionData):
     files and update states are handed to the background writer by :meth:`save`, and by a
     timer on the running event loop: entities and sent files within ``flush_interval``
     seconds, update states at most every ``state_flush_interval`` seconds (Telethon calls
-    ``save()`` every minute and on disconnect, which always hands them over). Construction,
+    ``save()`` every minute and on disconnect, which always hands them over), and with every
+    write of entities when that write stores the session's header record anyway
+    (:meth:`Store.writes_session_document`: a leased Firestore session). Construction,
     :meth:`save`, :meth:`close`, :meth:`delete` and lookups that miss memory block on the
     store, as Telethon calls them; durability: ``ARCHITECTURE.md``, "Durability".
 
@@ -379,6 +381,8 @@ class SessionCore(ConnectionData):
             return
         cache = self._cache
         handed_states: set[int] = _NOTHING  # type: ignore[assignment]
+        if not states and (cache.dirty or self._dirty_files) and store.writes_session_document():
+            states = True  # that commit writes the session document anyway: the update states ride along
         if states and self._dirty_states:
             handed_states, self._dirty_states = self._dirty_states, set()
             self._states_due = time.monotonic() + self._state_flush_interval

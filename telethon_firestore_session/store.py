@@ -240,6 +240,14 @@ class Store(abc.ABC):
     def periodic(self) -> None:  # noqa: B027 - optional hook
         """Called by the background writer about once per flush interval (lease renewal)."""
 
+    def writes_session_document(self) -> bool:
+        """Whether every write of changes writes the session's header record anyway (a leased session's guard).
+
+        Then pending update states go with every write of entities or sent files: they cost
+        no write of their own (see ``SessionCore``).
+        """
+        return False
+
     def probe(self) -> None:
         """A cheap read that raises if the store cannot answer (the breaker's probe; off the event loop)."""
         self.find_entity_by_ids((0,))

@@ -486,6 +486,53 @@ def test_fenced_writes_land_while_the_lease_is_ours_though_others_write_the_docu
 
 
 @pytest.mark.firestore
+def test_a_fenced_commit_renews_the_lease_so_no_renewal_of_its_own_is_due(firestore_client: Any, bot_id: str) -> None:
+    _doc(firestore_client, bot_id).set({"schema_version": 1})
+    session, lease = _leased_session(firestore_client, bot_id, "host:1:a", ttl=1.5)
+    first = _stored_lease(firestore_client, bot_id).expires_at
+    time.sleep(0.6)  # more than a third of the TTL: a renewal is due
+    session.process_entities(PEER)
+    assert session.flush(10)
+    stored = _stored_lease(firestore_client, bot_id).expires_at
+    assert stored - first >= datetime.timedelta(seconds=0.5)  # the guard write carried the new expiry
+    assert abs(lease.expires_at - stored) < datetime.timedelta(milliseconds=1)  # type: ignore[operator]
+    lease.renew_if_due()
+    assert lease.renewals == 0 and lease.held()  # not due: the commit renewed it
+    assert lease.deadline() - time.monotonic() > 1.0
+    session.close()
+    assert _stored_lease(firestore_client, bot_id) is None  # and the release is not undone
+
+
+@pytest.mark.firestore
+async def test_a_leased_session_writes_pending_update_states_with_its_entities(
+    firestore_client: Any, bot_id: str
+) -> None:
+    """Every commit of a leased session writes its session document (the guard): states ride along for free."""
+    state = types.updates.State(9, 0, datetime.datetime.now(UTC), 2, 0)
+    sessions = []
+    for user, leased in (("u1", True), ("u2", False)):
+        doc = _doc(firestore_client, bot_id, user)
+        doc.set({"schema_version": 1})
+        session = FirestoreSession(user, bot_id=bot_id, client=firestore_client, flush_interval=0.05)
+        if leased:
+            lease = FirestoreLease(doc, firestore_client, holder="host:1:a")
+            assert lease.acquire()
+            session.store.fence = lease
+        session.set_update_state(0, state)  # not due for state_flush_interval (60 s)
+        session.process_entities(PEER)  # the flush timer hands the entity over within 0.05 s
+        sessions.append(session)
+    deadline = time.monotonic() + 10
+    while not all(s.store.commits for s in sessions) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    leased_data, bare_data = (_doc(firestore_client, bot_id, u).get().to_dict() for u in ("u1", "u2"))
+    assert leased_data["update_states"]["0"]["pts"] == 9
+    assert sessions[0].store.writes == 2  # the guard (with the states) and the entity: no write of their own
+    assert "update_states" not in bare_data  # unleased, the states wait for save() or their interval
+    for s in sessions:
+        s.close()
+
+
+@pytest.mark.firestore
 @pytest.mark.parametrize(
     ("fields", "error"),
     [

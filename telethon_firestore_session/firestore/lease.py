@@ -38,7 +38,9 @@ frozen VM) must not act on a lease that another instance may have taken since:
   ours (holder and epoch). A commit that finds the document changed reads the
   lease again (bounded by ``rpc_timeout``) and retries only if it is still ours;
   otherwise nothing of it is written. No transaction, so a fenced write never
-  hangs the writer thread.
+  hangs the writer thread. That guard write also carries the lease's new expiry:
+  it renews the lease under the same precondition a renewal uses, so a session
+  that writes at least every third of the TTL needs no renewal of its own.
 
 A monotonic clock does not advance while a VM is frozen, which the store-side
 check covers. Expiry compares wall clocks of the instances, so their clocks must
@@ -470,9 +472,10 @@ class FirestoreLease:
 
         ``writes`` starts with the merge of the session document (as
         ``FirestoreStore.change_writes`` yields them); each commit of at most 500
-        writes updates the session document with a precondition on its update time
-        (see the module docstring). ``None``: the lease is lost (before or during the
-        call); what was not committed is not written. Blocks; bounded by ``call``.
+        writes updates the session document with a precondition on its update time,
+        and extends the lease in the same write (see the module docstring).
+        ``None``: the lease is lost (before or during the call); what was not
+        committed is not written. Blocks; bounded by ``call``.
 
         :raises Exception: Firestore errors other than a failed precondition (the writer retries).
         """
@@ -496,12 +499,16 @@ class FirestoreLease:
                     if not self._ours(snap):
                         continue  # held() is false now
                     since = snap.update_time
-                batch = [Write(self.doc, "update", guard, since), *chunk]
+                started = time.monotonic()
+                expires = utcnow() + datetime.timedelta(seconds=self.ttl)
+                renewing = {**guard, "lease.expires_at": expires}
+                batch = [Write(self.doc, "update", renewing, since), *chunk]
                 results = next(commit_in_chunks(self.client, batch, call, tolerate=(FailedPrecondition, NotFound)))[1]
                 if results is None:
                     self.update_time = None  # changed by someone: read the lease again
                     continue
                 self.update_time = results[0].update_time
+                self._renewed_by_commit(started, expires)
                 sizes.append(len(batch))
                 break
             else:
@@ -509,6 +516,23 @@ class FirestoreLease:
             if len(chunk) < MAX_WRITES_PER_COMMIT - 1:
                 return sizes
             guard = {"updated_at": utcnow()}
+
+    def _renewed_by_commit(self, started: float, expires: datetime.datetime) -> None:
+        """A fenced commit also extended the lease: its guard carried the new expiry (see :meth:`commit`).
+
+        The guard's precondition (the document unchanged since our last write of it) is the
+        same check a renewal makes, so the extension is as safe as one, and the periodic
+        renewal is not due until a third of the TTL after it. Skipped while a renewal or a
+        release holds the lock (it keeps its own account: a release must not be undone).
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self.expires_at is not None and not self.lost and started > self._renewed:
+                self.expires_at = expires
+                self._renewed = started
+        finally:
+            self._lock.release()
 
     def state(self) -> dict[str, Any]:
         """For ``health_check()``: ``held``, ``lost``, ``expires_at`` (ISO), ``last_error``.

@@ -227,6 +227,10 @@ class FirestoreStore(Store):
         self.writes += sum(sizes)
         self._exists = True
 
+    def writes_session_document(self) -> bool:
+        """A leased session's every commit writes the session document (its guard): states ride along."""
+        return self.fence is not None
+
     def close(self) -> None:
         """Release the lease that fences this session, if any: a leased session's use ends when it closes."""
         if self.fence is not None:
