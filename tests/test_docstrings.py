@@ -52,10 +52,7 @@ MODULES: tuple[ModuleType, ...] = (
 EXTRA = (ids.validate_id, ids.SessionKey, ids.BotSessionKey)
 
 # Defined in modules another branch rewrites in this wave; their docstrings land with it.
-DEFERRED_MODULES = (
-    "telethon_firestore_session.firestore.store",
-    "telethon_firestore_session.firestore.lease",
-)
+DEFERRED_MODULES: tuple[str, ...] = ()
 
 PARAM = re.compile(r"^\s*:param\s+(?:[^:\s]+\s+)?(\w+)\s*:", re.MULTILINE)
 GOOGLE = re.compile(

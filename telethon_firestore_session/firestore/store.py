@@ -65,6 +65,13 @@ class FirestoreStore(Store):
     Every call is bounded by ``rpc_timeout`` (lazy lookups by ``lookup_timeout``),
     retries included. Sealing goes through :class:`~telethon_firestore_session.sealing.Sealer`.
     Stores on one client share one :class:`~telethon_firestore_session.breaker.LookupBreaker`.
+
+    :param key: the session's key (bot and user).
+    :param client: the Firestore client.
+    :param rpc_timeout: seconds each call may take, retries included.
+    :param lookup_timeout: seconds one lazy lookup may take (it runs on the caller's thread).
+    :param cipher: seals the auth key (and, with ``encrypt_pii``, entity fields); ``None``: plaintext.
+    :param encrypt_pii: also seal entity usernames, phone numbers and names.
     """
 
     def __init__(
@@ -109,6 +116,8 @@ class FirestoreStore(Store):
         """A session document's data, checked and its auth key opened; raises what :meth:`load` raises.
 
         Writes nothing: the lease runs it before its first write (``FirestoreLease(check=...)``).
+
+        :param data: the session document's fields.
         """
         return self._open_stored(parse_session_document(data, self.where))
 
@@ -201,6 +210,10 @@ class FirestoreStore(Store):
         entity and sent-file documents are replaced whole, sealed as this store seals them.
         Nothing is written: commit them with :func:`.layout.commit_in_chunks` (as
         :meth:`write_changes` does) or in a caller's own batches.
+
+        :param changes: the records to write.
+        :param header: the header to write too, if any.
+        :param touch: merge the session document even without update states or a header.
         """
         if touch or header is not None or changes.states or not self._exists:
             session = self._header_fields(header) if header is not None else touch_fields(created=not self._exists)
