@@ -126,7 +126,8 @@ class Emulator:
             return False
 
     def reset(self, project: str) -> None:
-        _request("DELETE", f"{self.url}/emulator/v1/projects/{project}/databases/(default)/documents")
+        # Minutes for hundreds of thousands of documents (the benchmarks); a test suite has a handful.
+        _request("DELETE", f"{self.url}/emulator/v1/projects/{project}/databases/(default)/documents", timeout=600.0)
 
     def pause(self) -> None:
         """Freeze the JVM (SIGSTOP): RPCs hang until :meth:`resume`.
