@@ -1,7 +1,7 @@
 """Run every benchmark, print the tables and a PASS/FAIL line per acceptance target.
 
     python -m benchmarks            # full run (a few minutes), exit 1 if a target fails
-    python -m benchmarks --quick    # smoke run for CI (< 60 s), reports only
+    python -m benchmarks --quick    # smoke run for CI (2-3 minutes), reports only
     python -m benchmarks --json results.json
 
 The Firestore emulator is started here unless FIRESTORE_EMULATOR_HOST is set.
@@ -75,7 +75,7 @@ def _ratio_target(targets: list[Target], issue: str, w: Workload | None, impl: s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, < 60 s, never fails (CI smoke run)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2-3 minutes, never fails (CI smoke run)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
