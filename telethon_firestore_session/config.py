@@ -491,17 +491,16 @@ class SessionConfig:
             project = project or _EMULATOR_PROJECT
         elif self.credentials_info is not None:
             credentials = _service_account_credentials(self.credentials_info)
-        client = make_client(project, credentials)
         if self.emulator_host is not None and os.environ.get("FIRESTORE_EMULATOR_HOST") != self.emulator_host:
-            # This configuration names an emulator that os.environ does not (it came from
-            # another mapping). No public API of google-cloud-firestore takes one: Client()
-            # reads FIRESTORE_EMULATOR_HOST from os.environ only, and client_options'
-            # api_endpoint opens a TLS channel that the plaintext emulator refuses. Changing
-            # os.environ would redirect every client the process builds meanwhile and race
-            # getenv() in gRPC's threads. So this one client's attribute is set, before its
-            # first RPC builds the channel.
-            client._emulator_host = self.emulator_host
-        return client
+            # google-cloud-firestore reads the emulator's address from os.environ only (no public
+            # parameter takes one), and changing os.environ here would redirect every client of the process.
+            raise ConfigError(
+                "FIRESTORE_EMULATOR_HOST",
+                f"this configuration names the emulator {self.emulator_host}, but google-cloud-firestore only "
+                "reads it from the process environment: set FIRESTORE_EMULATOR_HOST there (or pass your own "
+                "firestore_client)",
+            )
+        return make_client(project, credentials)
 
     def session_options(self) -> dict[str, Any]:
         """The keyword arguments that every session of this configuration gets (cipher, PII sealing)."""

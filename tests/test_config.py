@@ -403,21 +403,19 @@ def test_the_directory_of_a_configuration_sees_its_sessions(
 
 
 @pytest.mark.firestore
-def test_emulator_host_from_the_mapping_is_used(
+def test_emulator_host_from_the_mapping_must_be_in_the_process_environment(
     firestore_client: Any, bot_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = os.environ["FIRESTORE_EMULATOR_HOST"]
     project = os.environ["GOOGLE_CLOUD_PROJECT"]
+    mapping = {"BOT_ID": bot_id, "USE_LOCAL_STORAGE": "false", "FIRESTORE_EMULATOR_HOST": host}
+    mapping["GOOGLE_CLOUD_PROJECT"] = project
     monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")  # only the mapping names it
-    config = SessionConfig.from_env(
-        {
-            "BOT_ID": bot_id,
-            "USE_LOCAL_STORAGE": "false",
-            "FIRESTORE_EMULATOR_HOST": host,
-            "GOOGLE_CLOUD_PROJECT": project,
-        }
-    )
-    session = create_session("5", config)
+    with pytest.raises(ConfigError) as info:
+        create_session("5", SessionConfig.from_env(mapping))
+    assert info.value.variable == "FIRESTORE_EMULATOR_HOST" and "process environment" in str(info.value)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)  # where google-cloud-firestore reads it
+    session = create_session("5", SessionConfig.from_env(mapping))
     session.set_dc(2, "149.154.167.51", 443)
     session.save()
     session.close()
