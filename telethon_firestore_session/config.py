@@ -510,19 +510,14 @@ class SessionConfig:
             options["encrypt_pii"] = self.encrypt_pii
         return options
 
-    def apply_entity_cache_budget(self) -> None:
-        """Set the process-wide entity cache budget to ``entity_cache_mb`` (if given)."""
-        if self.entity_cache_mb is not None:
-            from .entities import EntityBudget
-
-            EntityBudget.get().limit_mb = self.entity_cache_mb
-
     def create_session(self, user_id: str | int, **options: Any) -> FirestoreSession | ScopedSQLiteSession:
         """The session of ``user_id`` in this configuration's backend; see :func:`create_session`.
 
         :param user_id: the user.
         """
-        self.apply_entity_cache_budget()
+        from .entities import EntityBudget
+
+        EntityBudget.configure(self.entity_cache_mb)
         kwargs = {**self.session_options(), "state_flush_interval": self.state_flush_interval, **options}
         return self._backend().session(user_id, bot_id=self.bot_id, **kwargs)
 

@@ -425,6 +425,15 @@ class EntityBudget:
         self.limit_mb = limit_mb
 
     @classmethod
+    def configure(cls, limit_mb: float | None) -> None:
+        """Set the process-wide budget to ``limit_mb`` MiB; ``None`` leaves it as it is.
+
+        :param limit_mb: the budget in MiB, or ``None``.
+        """
+        if limit_mb is not None:
+            cls.get().limit_mb = limit_mb
+
+    @classmethod
     def get(cls) -> EntityBudget:
         """The process-wide budget."""
         inst = cls._instance

@@ -201,8 +201,7 @@ class UserSessionManager(Administration, Lifecycle):
         self.login_timeout = login_timeout
         self.flush_interval = flush_interval
         self.state_flush_interval = state_flush_interval
-        if entity_cache_mb is not None:
-            EntityBudget.get().limit_mb = entity_cache_mb
+        EntityBudget.configure(entity_cache_mb)
         self.flush_timeout = flush_timeout
         self.health_timeout = health_timeout
         self.holder_id = holder_id or make_holder_id()
