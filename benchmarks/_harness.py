@@ -50,23 +50,28 @@ WRITE_METHODS = frozenset(
 MAIN_THREAD = threading.main_thread().ident
 
 
-class _CountingStream:
-    """Wraps a server-streaming response iterator and counts the documents it returns."""
+def raw_proto(message: Any) -> Any:
+    """The raw protobuf of a proto-plus message (or the message itself if it is raw already)."""
+    pb = getattr(type(message), "pb", None)
+    return pb(message) if pb is not None else message
 
-    def __init__(self, it: Any, counter: RpcCounter, field: str) -> None:
+
+class CountingStream:
+    """Wraps a server-streaming response iterator; calls ``found()`` for each response that carries ``field``."""
+
+    def __init__(self, it: Any, field: str, found: Callable[[], None]) -> None:
         self._it = it
-        self._counter = counter
         self._field = field
+        self._found = found
 
-    def __iter__(self) -> _CountingStream:
+    def __iter__(self) -> CountingStream:
         return self
 
     def __next__(self) -> Any:
         resp = next(self._it)
         try:
-            pb = type(resp).pb(resp)
-            if pb.HasField(self._field):
-                self._counter.add_documents(1)
+            if raw_proto(resp).HasField(self._field):
+                self._found()
         except (AttributeError, TypeError, ValueError):
             pass
         return resp
@@ -104,7 +109,7 @@ class RpcCounter:
                 self.calls.append((threading.get_ident(), name))
             result = real(*args, **kwargs)
             if field is not None:
-                return _CountingStream(result, self, field)
+                return CountingStream(result, field, lambda: self.add_documents(1))
             return result
 
         return counted

@@ -48,7 +48,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/bench_cost.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import Target, firestore_emulator
+from benchmarks._harness import CountingStream, Target, firestore_emulator, raw_proto
 
 PROJECT = "demo-bench-cost"
 BOT = "costbot"
@@ -85,12 +85,6 @@ PRICE_SOURCE = (
 
 
 # -- counting at the RPC boundary ------------------------------------------------------------
-
-
-def _pb(message: Any) -> Any:
-    """The raw protobuf of a proto-plus message (or the message itself if it is raw already)."""
-    pb = getattr(type(message), "pb", None)
-    return pb(message) if pb is not None else message
 
 
 def _is_session_doc(path: str) -> bool:
@@ -135,26 +129,8 @@ class _Call:
         self.cause = cause
         self.docs = 0
 
-
-class _Stream:
-    """A server-streaming response, counting the responses that carry ``field``."""
-
-    def __init__(self, it: Any, call: _Call, field: str) -> None:
-        self._it = it
-        self._call = call
-        self._field = field
-
-    def __iter__(self) -> _Stream:
-        return self
-
-    def __next__(self) -> Any:
-        resp = next(self._it)
-        if _pb(resp).HasField(self._field):
-            self._call.docs += 1
-        return resp
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._it, name)
+    def found(self) -> None:
+        self.docs += 1
 
 
 class OpCounter:
@@ -211,7 +187,7 @@ class OpCounter:
     def _commit(self, real: Callable[..., Any]) -> Callable[..., Any]:
         def commit(*args: Any, request: Any = None, **kwargs: Any) -> Any:
             result = real(*args, request=request, **kwargs)  # counted once it succeeded
-            writes = [_pb(w) for w in (request or {}).get("writes", [])]
+            writes = [raw_proto(w) for w in (request or {}).get("writes", [])]
             in_txn = bool((request or {}).get("transaction"))
             ops = [(w.WhichOneof("operation"), w) for w in writes]
             paths = [
@@ -248,16 +224,16 @@ class OpCounter:
                 cause = "lease checks (renewal, fencing, release)"
             else:
                 cause = "session document (open, login state)"
-            return _Stream(real(*args, request=request, **kwargs), self._read(cause), "found")
+            return CountingStream(real(*args, request=request, **kwargs), "found", self._read(cause).found)
 
         return batch_get
 
     def _run_query(self, real: Callable[..., Any]) -> Callable[..., Any]:
         def run_query(*args: Any, request: Any = None, **kwargs: Any) -> Any:
-            query = _pb((request or {}).get("structured_query"))
+            query = raw_proto((request or {}).get("structured_query"))
             collection = query.from_[0].collection_id if query is not None and len(query.from_) else "?"
             cause = "lookups by username/phone (queries)" if collection == "entities" else f"queries of {collection}"
-            return _Stream(real(*args, request=request, **kwargs), self._read(cause), "document")
+            return CountingStream(real(*args, request=request, **kwargs), "document", self._read(cause).found)
 
         return run_query
 
@@ -270,9 +246,8 @@ class OpCounter:
 
     def _listen(self, real: Callable[..., Any]) -> Callable[..., Any]:
         def listen(*args: Any, **kwargs: Any) -> Any:
-            return _Stream(
-                real(*args, **kwargs), self._read("listener (hand-over watch, one per process)"), "document_change"
-            )
+            listener = self._read("listener (hand-over watch, one per process)")
+            return CountingStream(real(*args, **kwargs), "document_change", listener.found)
 
         return listen
 
