@@ -91,9 +91,13 @@ def session_document(client: firestore.Client, key: SessionKey) -> firestore.Doc
     return sessions_collection(client, key.bot_id).document(key.user_id)
 
 
-def where(doc: firestore.DocumentReference) -> str:
-    """How messages and logs name a document: ``firestore:{path}``."""
-    return f"firestore:{doc.path}"
+def where(ref: firestore.DocumentReference | firestore.CollectionReference) -> str:
+    """How messages and logs name a document or a collection: ``firestore:{path}``."""
+    path = getattr(ref, "path", None)  # a collection has none: its parent document's, and its id
+    if path is None:
+        parent = ref.parent
+        path = f"{parent.path}/{ref.id}" if parent is not None else ref.id
+    return f"firestore:{path}"
 
 
 def sessions_where(bot_id: str) -> str:

@@ -573,9 +573,8 @@ def watch_handoffs(
                 except Exception:  # the listener's thread must survive anything
                     log.exception("handling a hand-over request for %s failed", change.document.id)
 
-    parent = collection.parent
-    where = f"firestore:{parent.path + '/' if parent is not None else ''}{collection.id}"
-    listener = _Listener(collection.where(filter=FieldFilter("handoff.from", "==", holder)), changed, where)
+    query = collection.where(filter=FieldFilter("handoff.from", "==", holder))
+    listener = _Listener(query, changed, _where(collection))
     return listener.stop
 
 
