@@ -132,21 +132,19 @@ def test_evicted_entities_are_found_again_through_the_file(opener: Opener, budge
 
 
 @pytest.mark.firestore
-def test_evicted_entities_are_found_again_through_firestore(firestore_client: Any, bot_id: str) -> None:
-    tiny = EntityBudget(limit_mb=0.25)
-    old, EntityBudget._instance = EntityBudget._instance, tiny
-    try:
-        session = FirestoreSession("42", bot_id=bot_id, client=firestore_client)
-        feed_people(session, 2000, save_every=500)
-        assert session.flush(30)
-        session.process_entities(people(50, 9000))
-        assert tiny.evictions > 0 and len(session._cache) < 2000
-        for uid in range(1, 2001, 41):
-            assert session.get_input_entity(f"@user_{uid:07d}") == iu(uid), uid
-            assert session.get_input_entity(uid) == iu(uid), uid
-        session.close()
-    finally:
-        EntityBudget._instance = old
+def test_evicted_entities_are_found_again_through_firestore(
+    firestore_client: Any, bot_id: str, budget: EntityBudget
+) -> None:
+    budget.limit_mb = 0.25
+    session = FirestoreSession("42", bot_id=bot_id, client=firestore_client)
+    feed_people(session, 2000, save_every=500)
+    assert session.flush(30)
+    session.process_entities(people(50, 9000))
+    assert budget.evictions > 0 and len(session._cache) < 2000
+    for uid in range(1, 2001, 41):
+        assert session.get_input_entity(f"@user_{uid:07d}") == iu(uid), uid
+        assert session.get_input_entity(uid) == iu(uid), uid
+    session.close()
 
 
 def test_a_session_that_only_looks_up_evicts_once_its_entities_are_written(
